@@ -1,0 +1,430 @@
+//! Writing a bundle: chunk each image, hash and compress chunks in parallel, sign the manifest,
+//! and write the file atomically.
+
+use std::collections::{BTreeMap, HashSet};
+use std::fs::{self, File};
+use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::mpsc::sync_channel;
+use std::sync::{Arc, Mutex};
+use std::thread;
+
+use sha2::{Digest, Sha256};
+
+use crate::error::{Error, Result};
+use crate::format::{self, SignatureEntry};
+use crate::keys::SigningKey;
+use crate::manifest::{
+    CHUNK_ALIGN, Chunk, ImageEntry, MAX_CHUNK_SIZE, Manifest, check_compatible, check_image_name,
+    parse_version,
+};
+use crate::{DEFAULT_CHUNK_SIZE, FORMAT_VERSION};
+
+/// zstd's own default: a good speed/ratio balance for root filesystems.
+pub const DEFAULT_ZSTD_LEVEL: i32 = 3;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CreateOptions {
+    /// Board/product string the bundle is for.
+    pub compatible: String,
+    /// Release version (semver).
+    pub version: String,
+    /// Raw chunk size: a multiple of 4096 between 4 KiB and 64 MiB.
+    pub chunk_size: u32,
+    pub zstd_level: i32,
+}
+
+impl CreateOptions {
+    /// Options with the default chunk size and compression level.
+    pub fn new(compatible: impl Into<String>, version: impl Into<String>) -> Self {
+        CreateOptions {
+            compatible: compatible.into(),
+            version: version.into(),
+            chunk_size: DEFAULT_CHUNK_SIZE,
+            zstd_level: DEFAULT_ZSTD_LEVEL,
+        }
+    }
+
+    fn check(&self) -> Result<()> {
+        check_compatible(&self.compatible)?;
+        parse_version(&self.version)?;
+        let cs = self.chunk_size;
+        if !(CHUNK_ALIGN..=MAX_CHUNK_SIZE).contains(&cs) || cs % CHUNK_ALIGN != 0 {
+            return Err(Error::InvalidOptions(format!(
+                "chunk size {cs} must be a multiple of {CHUNK_ALIGN} between {CHUNK_ALIGN} and {MAX_CHUNK_SIZE} (default {DEFAULT_CHUNK_SIZE})"
+            )));
+        }
+        let levels = zstd::compression_level_range();
+        if !levels.contains(&self.zstd_level) {
+            return Err(Error::InvalidOptions(format!(
+                "zstd level {} is outside {}..={} (default {DEFAULT_ZSTD_LEVEL})",
+                self.zstd_level,
+                levels.start(),
+                levels.end()
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// Creates a signed bundle at `out` from `images` (name, path of the raw image). The file appears
+/// atomically: it is written to a temporary file in the same directory and renamed.
+pub fn create_bundle(
+    out: &Path,
+    images: &[(&str, &Path)],
+    opts: &CreateOptions,
+    keys: &[&SigningKey],
+) -> Result<Manifest> {
+    opts.check()?;
+    if keys.is_empty() {
+        return Err(Error::InvalidOptions(
+            "no signing key given; a device never installs an unsigned bundle (hint: generate one with `otter keys generate`)".into(),
+        ));
+    }
+    let mut seen_keys = HashSet::new();
+    for k in keys {
+        if !seen_keys.insert(k.public().to_bytes()) {
+            return Err(Error::InvalidOptions(format!(
+                "signing key {} given twice",
+                k.public().fingerprint()
+            )));
+        }
+    }
+    if images.is_empty() {
+        return Err(Error::InvalidOptions("no images given".into()));
+    }
+    let mut names = HashSet::new();
+    for (name, _) in images {
+        check_image_name(name)?;
+        if !names.insert(*name) {
+            return Err(Error::InvalidOptions(format!("image name {name:?} given twice")));
+        }
+    }
+    let created = created_time()?;
+
+    let dir = match out.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_owned(),
+        _ => PathBuf::from("."),
+    };
+    // The payload goes to an anonymous temp file first because the header, which precedes it,
+    // depends on the payload (offsets, sizes).
+    let mut payload =
+        tempfile::tempfile_in(&dir).map_err(|e| Error::io("cannot create temporary file in", &dir, e))?;
+    let mut entries = Vec::with_capacity(images.len());
+    let mut offset = 0u64;
+    for (name, path) in images {
+        let entry = chunk_image(name, path, opts, &mut payload, offset, &dir)?;
+        offset = entry.payload_end();
+        entries.push(entry);
+    }
+
+    let manifest = Manifest {
+        format: FORMAT_VERSION,
+        compatible: opts.compatible.clone(),
+        version: opts.version.clone(),
+        created,
+        images: entries,
+        metadata: BTreeMap::new(),
+    };
+    manifest
+        .check()
+        .map_err(|e| Error::Internal(format!("created manifest fails its own check: {e}")))?;
+    let manifest_bytes = serde_json::to_vec(&manifest).map_err(Error::ManifestEncode)?;
+    let digest = format::manifest_digest(&manifest_bytes);
+    let signatures: Vec<SignatureEntry> = keys
+        .iter()
+        .map(|k| SignatureEntry {
+            public_key: k.public().to_bytes(),
+            signature: k.sign_digest(&digest),
+        })
+        .collect();
+    let header = format::encode_header(&manifest_bytes, &signatures)?;
+
+    write_atomically(out, &dir, &header, &mut payload)?;
+    Ok(manifest)
+}
+
+fn created_time() -> Result<u64> {
+    match std::env::var("SOURCE_DATE_EPOCH") {
+        Ok(v) if !v.trim().is_empty() => v
+            .trim()
+            .parse::<u64>()
+            .map_err(|_| Error::SourceDateEpoch(v.clone())),
+        _ => Ok(std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0)),
+    }
+}
+
+fn write_atomically(out: &Path, dir: &Path, header: &[u8], payload: &mut File) -> Result<()> {
+    let file_name = out
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "bundle".into());
+    let mut tmp = tempfile::Builder::new()
+        .prefix(&format!(".{file_name}."))
+        .suffix(".tmp")
+        .tempfile_in(dir)
+        .map_err(|e| Error::io("cannot create temporary file in", dir, e))?;
+    let tmp_path = tmp.path().to_owned();
+    let werr = |e| Error::io("cannot write", &tmp_path, e);
+    tmp.write_all(header).map_err(werr)?;
+    payload
+        .seek(SeekFrom::Start(0))
+        .map_err(|e| Error::io("cannot rewind temporary payload in", dir, e))?;
+    // std uses copy_file_range here, so the payload is not copied through user space.
+    io::copy(payload, tmp.as_file_mut()).map_err(werr)?;
+    tmp.as_file()
+        .set_permissions(fs::Permissions::from_mode(0o644))
+        .map_err(werr)?;
+    tmp.as_file().sync_all().map_err(werr)?;
+    tmp.persist(out)
+        .map_err(|e| Error::io("cannot move finished bundle into place at", out, e.error))?;
+    // Make the rename itself durable.
+    if let Ok(d) = File::open(dir) {
+        let _ = d.sync_all();
+    }
+    Ok(())
+}
+
+struct RawChunk {
+    index: usize,
+    data: Vec<u8>,
+}
+
+struct DoneChunk {
+    index: usize,
+    sha256: String,
+    size: u32,
+    /// None for an all-zero chunk.
+    compressed: Option<Vec<u8>>,
+}
+
+/// Reads the image sequentially (and hashes it whole), compresses chunks on all cores, and appends
+/// them to `payload` in order.
+fn chunk_image(
+    name: &str,
+    path: &Path,
+    opts: &CreateOptions,
+    payload: &mut File,
+    start_offset: u64,
+    tmp_dir: &Path,
+) -> Result<ImageEntry> {
+    let mut file = File::open(path).map_err(|e| Error::io("cannot open image", path, e))?;
+    // seek, not metadata, so a block device works as the source too.
+    let size = file
+        .seek(SeekFrom::End(0))
+        .and_then(|n| file.seek(SeekFrom::Start(0)).map(|_| n))
+        .map_err(|e| Error::io("cannot get size of image", path, e))?;
+    if size == 0 {
+        return Err(Error::InvalidOptions(format!(
+            "image {name:?} ({}) is empty",
+            path.display()
+        )));
+    }
+    let chunk_size = opts.chunk_size as usize;
+    let n_chunks = size.div_ceil(opts.chunk_size as u64) as usize;
+    let workers = thread::available_parallelism().map_or(2, |n| n.get()).clamp(1, 8);
+    // Bounds memory: at most `in_flight` raw chunks are read but not yet written out.
+    let in_flight = (workers * 3).max(4);
+
+    let (work_tx, work_rx) = sync_channel::<RawChunk>(in_flight);
+    let work_rx = Arc::new(Mutex::new(work_rx));
+    let (done_tx, done_rx) = sync_channel::<Result<DoneChunk>>(in_flight);
+    let (token_tx, token_rx) = sync_channel::<()>(in_flight);
+    for _ in 0..in_flight {
+        let _ = token_tx.send(());
+    }
+    let pool: Arc<Mutex<Vec<Vec<u8>>>> = Arc::new(Mutex::new(Vec::new()));
+
+    thread::scope(|s| -> Result<ImageEntry> {
+        // Reader: sequential read + whole-image hash.
+        let reader_pool = Arc::clone(&pool);
+        let reader = s.spawn(move || -> Result<String> {
+            let mut whole = Sha256::new();
+            for index in 0..n_chunks {
+                if token_rx.recv().is_err() {
+                    break; // collector stopped: it reports why
+                }
+                let len = (size - index as u64 * chunk_size as u64).min(chunk_size as u64) as usize;
+                let mut data = reader_pool
+                    .lock()
+                    .ok()
+                    .and_then(|mut p| p.pop())
+                    .unwrap_or_else(|| Vec::with_capacity(chunk_size));
+                data.resize(len, 0);
+                file.read_exact(&mut data).map_err(|e| {
+                    Error::io(
+                        if e.kind() == io::ErrorKind::UnexpectedEof {
+                            "image shrank while being read"
+                        } else {
+                            "cannot read image"
+                        },
+                        path,
+                        e,
+                    )
+                })?;
+                whole.update(&data);
+                if work_tx.send(RawChunk { index, data }).is_err() {
+                    break;
+                }
+            }
+            Ok(hex::encode(whole.finalize()))
+        });
+
+        for _ in 0..workers {
+            let work_rx = Arc::clone(&work_rx);
+            let done_tx = done_tx.clone();
+            let pool = Arc::clone(&pool);
+            let level = opts.zstd_level;
+            s.spawn(move || {
+                let mut compressor = match zstd::bulk::Compressor::new(level) {
+                    Ok(c) => c,
+                    Err(e) => {
+                        let _ = done_tx.send(Err(Error::Internal(format!("zstd init: {e}"))));
+                        return;
+                    }
+                };
+                loop {
+                    let job = match work_rx.lock() {
+                        Ok(rx) => rx.recv(),
+                        Err(_) => return,
+                    };
+                    let Ok(RawChunk { index, data }) = job else { return };
+                    let result = compress_chunk(&mut compressor, index, &data).map_err(|e| {
+                        Error::Internal(format!("zstd failed on image {name:?} chunk {index}: {e}"))
+                    });
+                    if let Ok(mut p) = pool.lock() {
+                        p.push(data);
+                    }
+                    if done_tx.send(result).is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+        drop(done_tx);
+
+        // Collector: put chunks back in order and append them to the payload.
+        let mut pending = BTreeMap::new();
+        let mut chunks = Vec::with_capacity(n_chunks);
+        let mut offset = start_offset;
+        let mut out = io::BufWriter::with_capacity(1024 * 1024, &mut *payload);
+        let collected = (|| -> Result<()> {
+            for result in done_rx.iter() {
+                let done = result?;
+                pending.insert(done.index, done);
+                while let Some(done) = pending.remove(&chunks.len()) {
+                    let csize = match &done.compressed {
+                        Some(c) => {
+                            out.write_all(c)
+                                .map_err(|e| Error::io("cannot write temporary payload in", tmp_dir, e))?;
+                            c.len() as u64
+                        }
+                        None => 0,
+                    };
+                    chunks.push(Chunk {
+                        sha256: done.sha256,
+                        size: done.size,
+                        offset,
+                        csize,
+                    });
+                    offset += csize;
+                    let _ = token_tx.send(());
+                }
+                if chunks.len() == n_chunks {
+                    break;
+                }
+            }
+            out.flush()
+                .map_err(|e| Error::io("cannot write temporary payload in", tmp_dir, e))
+        })();
+        // Unblocks reader and workers if we stopped early.
+        drop(done_rx);
+        drop(token_tx);
+        let whole = reader
+            .join()
+            .map_err(|_| Error::Internal("image reader thread panicked".into()))?;
+        let whole = whole?;
+        collected?;
+        if chunks.len() != n_chunks {
+            return Err(Error::Internal(format!(
+                "image {name:?}: {} of {n_chunks} chunks produced",
+                chunks.len()
+            )));
+        }
+        Ok(ImageEntry {
+            name: name.to_owned(),
+            size,
+            sha256: whole,
+            chunk_size: opts.chunk_size,
+            chunks,
+        })
+    })
+}
+
+fn compress_chunk(
+    compressor: &mut zstd::bulk::Compressor<'_>,
+    index: usize,
+    data: &[u8],
+) -> io::Result<DoneChunk> {
+    let sha256 = hex::encode(Sha256::digest(data));
+    let compressed = if is_zero(data) {
+        None
+    } else {
+        Some(compressor.compress(data)?)
+    };
+    Ok(DoneChunk {
+        index,
+        sha256,
+        size: data.len() as u32,
+        compressed,
+    })
+}
+
+/// Checks 64-byte blocks with an OR-fold, which the compiler vectorises; the early exit per block
+/// keeps it fast for data chunks too.
+pub(crate) fn is_zero(data: &[u8]) -> bool {
+    let mut blocks = data.chunks_exact(64);
+    blocks.by_ref().all(|b| b.iter().fold(0u8, |a, &x| a | x) == 0)
+        && blocks.remainder().iter().all(|&x| x == 0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn zero_detection() {
+        assert!(is_zero(&[]));
+        assert!(is_zero(&[0; 4096]));
+        assert!(is_zero(&[0; 100]));
+        for pos in [0, 63, 64, 4000, 4095] {
+            let mut v = vec![0u8; 4096];
+            v[pos] = 1;
+            assert!(!is_zero(&v), "{pos}");
+        }
+        let mut v = vec![0u8; 100];
+        v[99] = 1;
+        assert!(!is_zero(&v));
+    }
+
+    #[test]
+    fn options_are_checked() {
+        let ok = CreateOptions::new("board", "1.0.0");
+        ok.check().unwrap();
+        for bad in [
+            CreateOptions { chunk_size: 1000, ..ok.clone() },
+            CreateOptions { chunk_size: 0, ..ok.clone() },
+            CreateOptions { chunk_size: MAX_CHUNK_SIZE + 4096, ..ok.clone() },
+            CreateOptions { zstd_level: 99, ..ok.clone() },
+            CreateOptions { version: "1".into(), ..ok.clone() },
+            CreateOptions { compatible: "".into(), ..ok.clone() },
+            CreateOptions { compatible: "a b".into(), ..ok.clone() },
+        ] {
+            assert!(bad.check().is_err(), "{bad:?}");
+        }
+    }
+}

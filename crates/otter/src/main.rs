@@ -1,0 +1,342 @@
+//! `otter`: the host CLI. Argument handling and output only; the work is in the libraries.
+
+use anyhow::{Context, Result, bail};
+use clap::{Parser, Subcommand};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+#[derive(Parser)]
+#[command(name = "otter", version, about = "Build, sign and boot Otter OS images")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Signing keys for update bundles.
+    Keys {
+        #[command(subcommand)]
+        cmd: KeysCmd,
+    },
+    /// Build the disk image and the signed update bundle described by an otter.toml.
+    Build {
+        /// The project file.
+        #[arg(long, short, default_value = "otter.toml")]
+        config: PathBuf,
+        /// Output directory.
+        #[arg(long, short, default_value = "out")]
+        out: PathBuf,
+        /// The otterd binary to put into the image (default: next to this otter binary).
+        #[arg(long)]
+        otterd: Option<PathBuf>,
+        /// Cache for base root filesystems (default: $OTTER_CACHE_DIR or ~/.cache/otter).
+        #[arg(long)]
+        cache: Option<PathBuf>,
+        /// Do not write the .img.zst.
+        #[arg(long)]
+        no_compress: bool,
+        /// Print the result as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Update bundles: create, inspect, verify.
+    Bundle {
+        #[command(subcommand)]
+        cmd: BundleCmd,
+    },
+    /// Boot a disk image in QEMU (UEFI), serial console on this terminal.
+    Vm {
+        image: PathBuf,
+        /// Forward this host port (127.0.0.1) to the guest's SSH port.
+        #[arg(long, default_value_t = 2222)]
+        ssh_port: u16,
+        /// Write the serial console to this file instead of the terminal.
+        #[arg(long)]
+        serial_log: Option<PathBuf>,
+        /// Boot the image file itself, keeping changes (default: a throwaway overlay).
+        #[arg(long)]
+        persist: bool,
+        /// Keep changes in this qcow2 overlay (created if missing) instead of the image.
+        #[arg(long, conflicts_with = "persist")]
+        overlay: Option<PathBuf>,
+        #[arg(long, default_value_t = 768)]
+        memory: u32,
+        /// auto (KVM if usable, else TCG), kvm or tcg.
+        #[arg(long, default_value = "auto")]
+        accel: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum KeysCmd {
+    /// Make an Ed25519 key pair: NAME.key (secret, keep it safe) and NAME.pub.
+    Generate {
+        #[arg(long, short, default_value = "keys")]
+        out: PathBuf,
+        #[arg(long, default_value = "otter-signing")]
+        name: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum BundleCmd {
+    /// Make a signed bundle from a root filesystem image.
+    Create {
+        /// The root filesystem image (the slot's content).
+        #[arg(long)]
+        rootfs: PathBuf,
+        #[arg(long)]
+        version: String,
+        #[arg(long)]
+        compatible: String,
+        /// Signing key(s); repeat to sign with several.
+        #[arg(long, required = true)]
+        key: Vec<PathBuf>,
+        #[arg(long, default_value_t = otter_bundle::DEFAULT_CHUNK_SIZE)]
+        chunk_size: u32,
+        #[arg(long, short)]
+        out: PathBuf,
+    },
+    /// Print a bundle's manifest (no key needed; nothing is trusted yet).
+    Inspect {
+        bundle: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Check a bundle's signature against trusted public keys.
+    Verify {
+        bundle: String,
+        /// Trusted public key files or directories of *.pub.
+        #[arg(long, required = true)]
+        trusted: Vec<PathBuf>,
+    },
+}
+
+fn main() -> ExitCode {
+    match run(Cli::parse()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("otter: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn default_cache() -> PathBuf {
+    if let Some(d) = std::env::var_os("OTTER_CACHE_DIR") {
+        return PathBuf::from(d);
+    }
+    if let Some(d) = std::env::var_os("XDG_CACHE_HOME") {
+        return PathBuf::from(d).join("otter");
+    }
+    match std::env::var_os("HOME") {
+        Some(h) => PathBuf::from(h).join(".cache/otter"),
+        None => PathBuf::from(".otter-cache"),
+    }
+}
+
+fn default_otterd() -> Result<PathBuf> {
+    let me = std::env::current_exe().context("finding the otter executable")?;
+    let beside = me.with_file_name("otterd");
+    if beside.is_file() {
+        return Ok(beside);
+    }
+    bail!(
+        "no otterd next to {} : build it (cargo build --release -p otterd) or pass --otterd PATH",
+        me.display()
+    )
+}
+
+fn load_trusted(paths: &[PathBuf]) -> Result<Vec<otter_bundle::PublicKey>> {
+    let mut keys = Vec::new();
+    for p in paths {
+        if p.is_dir() {
+            keys.extend(otter_bundle::load_trusted_keys(p)?);
+        } else {
+            keys.push(otter_bundle::PublicKey::load(p)?);
+        }
+    }
+    Ok(keys)
+}
+
+fn run(cli: Cli) -> Result<()> {
+    match cli.cmd {
+        Cmd::Keys {
+            cmd: KeysCmd::Generate { out, name },
+        } => {
+            let (secret, public) = otter_bundle::generate_keypair(&out, &name)?;
+            let fp = otter_bundle::PublicKey::load(&public)?.fingerprint();
+            println!("secret key  {} (keep it private)", secret.display());
+            println!("public key  {} (fingerprint {fp})", public.display());
+            Ok(())
+        }
+        Cmd::Build {
+            config,
+            out,
+            otterd,
+            cache,
+            no_compress,
+            json,
+        } => {
+            let project = otter_config::Project::load(&config)?;
+            let otterd = match otterd {
+                Some(p) => p,
+                None => default_otterd()?,
+            };
+            let opts = otter_image::BuildOptions {
+                out_dir: out,
+                otterd,
+                cache_dir: cache.unwrap_or_else(default_cache),
+                work_dir: None,
+                compress: !no_compress,
+            };
+            let quiet = json;
+            let result = otter_image::build(&project, &opts, &mut |line| {
+                if !quiet {
+                    eprintln!("otter build: {line}");
+                }
+            })?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&result)?);
+            } else {
+                println!("image   {} ({} MiB)", result.image.display(), result.image_size >> 20);
+                if let (Some(z), Some(s)) = (&result.image_zst, result.image_zst_size) {
+                    println!("        {} ({:.1} MiB)", z.display(), s as f64 / 1048576.0);
+                }
+                println!(
+                    "bundle  {} ({:.1} MiB, version {}, compatible {})",
+                    result.bundle.display(),
+                    result.bundle_size as f64 / 1048576.0,
+                    result.version,
+                    result.compatible
+                );
+                let t: Vec<String> = result
+                    .timings
+                    .iter()
+                    .map(|(k, v)| format!("{k} {v:.1}s"))
+                    .collect();
+                println!("time    {}", t.join(", "));
+            }
+            Ok(())
+        }
+        Cmd::Bundle { cmd } => bundle(cmd),
+        Cmd::Vm {
+            image,
+            ssh_port,
+            serial_log,
+            persist,
+            overlay,
+            memory,
+            accel,
+        } => {
+            if !image.is_file() {
+                bail!("{}: no such image (build one with `otter build`)", image.display());
+            }
+            let mut o = otter_vm::VmOptions::new(&image);
+            o.ssh_port = Some(ssh_port);
+            o.persist = persist;
+            o.overlay = overlay;
+            o.memory_mib = memory;
+            o.accel = accel.parse()?;
+            if let Some(log) = serial_log {
+                o.serial = otter_vm::Serial::File(log);
+            }
+            eprintln!(
+                "otter vm: booting {} (ssh: ssh -p {ssh_port} root@127.0.0.1; quit: Ctrl-A X){}",
+                image.display(),
+                if o.persist || o.overlay.is_some() {
+                    ""
+                } else {
+                    "; changes are thrown away"
+                }
+            );
+            let status = otter_vm::RunningVm::run(&o)?;
+            if !status.success() {
+                bail!("QEMU exited with {status}");
+            }
+            Ok(())
+        }
+    }
+}
+
+fn bundle(cmd: BundleCmd) -> Result<()> {
+    match cmd {
+        BundleCmd::Create {
+            rootfs,
+            version,
+            compatible,
+            key,
+            chunk_size,
+            out,
+        } => {
+            let keys = key
+                .iter()
+                .map(|k| otter_bundle::SigningKey::load(k))
+                .collect::<Result<Vec<_>, _>>()?;
+            let refs: Vec<&otter_bundle::SigningKey> = keys.iter().collect();
+            let m = otter_bundle::create_bundle(
+                &out,
+                &[("rootfs", rootfs.as_path())],
+                &otter_bundle::CreateOptions {
+                    compatible,
+                    version,
+                    chunk_size,
+                    zstd_level: 3,
+                },
+                &refs,
+            )?;
+            println!(
+                "{}: version {}, compatible {}, {} signature(s)",
+                out.display(),
+                m.version,
+                m.compatible,
+                refs.len()
+            );
+            Ok(())
+        }
+        BundleCmd::Inspect { bundle, json } => {
+            let r = otter_bundle::BundleReader::open(&bundle)?;
+            let m = r.manifest();
+            if json {
+                println!("{}", serde_json::to_string_pretty(m)?);
+                return Ok(());
+            }
+            println!("bundle      {bundle}");
+            println!("format      {}", m.format);
+            println!("version     {}", m.version);
+            println!("compatible  {}", m.compatible);
+            println!("signed by   {}", r.signer_fingerprints().join(", "));
+            for img in &m.images {
+                let zero = img.chunks.iter().filter(|c| c.csize == 0).count();
+                let stored: u64 = img.chunks.iter().map(|c| c.csize).sum();
+                println!(
+                    "image       {}: {} bytes, sha256 {}, {} chunks of {} KiB ({} zero), {:.1} MiB stored",
+                    img.name,
+                    img.size,
+                    img.sha256,
+                    img.chunks.len(),
+                    img.chunk_size / 1024,
+                    zero,
+                    stored as f64 / 1048576.0
+                );
+            }
+            Ok(())
+        }
+        BundleCmd::Verify { bundle, trusted } => {
+            let keys = load_trusted(&trusted)?;
+            let r = otter_bundle::BundleReader::open(&bundle)?;
+            let v = r.verify(&keys)?;
+            println!(
+                "{bundle}: signature OK ({} {} for {})",
+                Path::new(&bundle)
+                    .file_name()
+                    .map(|s| s.to_string_lossy().to_string())
+                    .unwrap_or_default(),
+                v.manifest().version,
+                v.manifest().compatible
+            );
+            Ok(())
+        }
+    }
+}

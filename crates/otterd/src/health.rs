@@ -1,0 +1,175 @@
+//! Health checks of a freshly booted system. All must pass for an update to be committed:
+//! 1. systemd finished starting up;
+//! 2. every unit wanted by `otter-health.target` and every unit listed in the agent config is
+//!    active;
+//! 3. the agent's own checks: boot state readable, state directory writable;
+//! 4. every executable in `/etc/otter/health.d/` exits 0 within its time limit.
+
+use crate::Paths;
+use otter_config::HealthConfig;
+use serde::Serialize;
+use std::io::Read;
+use std::os::unix::fs::PermissionsExt;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+#[derive(Debug, Clone, Default, Serialize, PartialEq)]
+pub struct HealthReport {
+    pub healthy: bool,
+    /// What is not yet (or not) healthy, one line each.
+    pub failures: Vec<String>,
+    /// `true` when a check can still change (systemd still starting).
+    pub pending: bool,
+}
+
+fn systemctl(args: &[&str]) -> Option<String> {
+    let out = Command::new("systemctl").args(args).output().ok()?;
+    Some(String::from_utf8_lossy(&out.stdout).trim().to_string())
+}
+
+pub fn check(paths: &Paths, cfg: &HealthConfig) -> HealthReport {
+    let mut failures = Vec::new();
+    let mut pending = false;
+
+    if !paths.test_mode {
+        match systemctl(&["is-system-running"]).as_deref() {
+            Some("running") | Some("degraded") => {}
+            Some(s @ ("initializing" | "starting")) => {
+                pending = true;
+                failures.push(format!("systemd is still {s}"));
+            }
+            Some(other) => failures.push(format!("systemd state is `{other}`")),
+            None => failures.push("cannot run systemctl".to_string()),
+        }
+        let mut units: Vec<String> = systemctl(&["show", "-p", "Wants", "--value", "otter-health.target"])
+            .unwrap_or_default()
+            .split_whitespace()
+            .map(str::to_string)
+            .collect();
+        units.extend(cfg.units.iter().cloned());
+        units.sort();
+        units.dedup();
+        for u in units {
+            let state = systemctl(&["is-active", &u]).unwrap_or_default();
+            if state != "active" {
+                failures.push(format!("unit {u} is {state}"));
+            }
+        }
+    }
+
+    // The agent's own checks: it must be able to manage the next update.
+    if let Err(e) = paths.boot_store_readonly().load() {
+        failures.push(format!("boot state unreadable: {e}"));
+    }
+    let probe = paths.state_dir.join(".health-probe");
+    if let Err(e) = std::fs::write(&probe, b"ok") {
+        failures.push(format!(
+            "state directory {} not writable: {e}",
+            paths.state_dir.display()
+        ));
+    }
+    let _ = std::fs::remove_file(&probe);
+
+    failures.extend(run_checks(paths, Duration::from_secs(cfg.check_timeout_secs)));
+    HealthReport {
+        healthy: failures.is_empty(),
+        failures,
+        pending,
+    }
+}
+
+/// Run the executables of the health.d directory in name order; return one line per failure.
+pub fn run_checks(paths: &Paths, timeout: Duration) -> Vec<String> {
+    let mut failures = Vec::new();
+    let Ok(dir) = std::fs::read_dir(&paths.health_dir) else {
+        return failures;
+    };
+    let mut entries: Vec<_> = dir.filter_map(|e| e.ok()).map(|e| e.path()).collect();
+    entries.sort();
+    for path in entries {
+        let Ok(meta) = std::fs::metadata(&path) else {
+            continue;
+        };
+        if !meta.is_file() || meta.permissions().mode() & 0o111 == 0 {
+            continue;
+        }
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().to_string())
+            .unwrap_or_default();
+        let child = Command::new(&path)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn();
+        let mut child = match child {
+            Ok(c) => c,
+            Err(e) => {
+                failures.push(format!("health check {name} could not start: {e}"));
+                continue;
+            }
+        };
+        let started = Instant::now();
+        let status = loop {
+            match child.try_wait() {
+                Ok(Some(s)) => break Some(s),
+                Ok(None) if started.elapsed() > timeout => {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    break None;
+                }
+                Ok(None) => std::thread::sleep(Duration::from_millis(50)),
+                Err(_) => break None,
+            }
+        };
+        let mut out = String::new();
+        if let Some(mut e) = child.stderr.take() {
+            let _ = e.read_to_string(&mut out);
+        }
+        if out.trim().is_empty()
+            && let Some(mut o) = child.stdout.take()
+        {
+            let _ = o.read_to_string(&mut out);
+        }
+        let tail: String = out.trim().lines().last().unwrap_or("").chars().take(200).collect();
+        match status {
+            Some(s) if s.success() => {}
+            Some(s) => failures.push(format!(
+                "health check {name} failed ({s}){}",
+                if tail.is_empty() { String::new() } else { format!(": {tail}") }
+            )),
+            None => failures.push(format!(
+                "health check {name} did not finish within {}s",
+                timeout.as_secs()
+            )),
+        }
+    }
+    failures
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn script(dir: &std::path::Path, name: &str, body: &str) {
+        let p = dir.join(name);
+        std::fs::write(&p, format!("#!/bin/sh\n{body}\n")).unwrap();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+
+    #[test]
+    fn health_d_scripts_decide() {
+        let d = tempfile::tempdir().unwrap();
+        let paths = Paths::under(d.path());
+        std::fs::create_dir_all(&paths.health_dir).unwrap();
+        script(&paths.health_dir, "10-ok", "exit 0");
+        std::fs::write(paths.health_dir.join("README"), "not executable").unwrap();
+        assert!(run_checks(&paths, Duration::from_secs(5)).is_empty());
+        script(&paths.health_dir, "20-bad", "echo 'app not answering' >&2; exit 3");
+        script(&paths.health_dir, "30-slow", "sleep 5");
+        let f = run_checks(&paths, Duration::from_millis(500));
+        assert_eq!(f.len(), 2, "{f:?}");
+        assert!(f[0].contains("20-bad") && f[0].contains("app not answering"), "{f:?}");
+        assert!(f[1].contains("30-slow") && f[1].contains("did not finish"), "{f:?}");
+    }
+}

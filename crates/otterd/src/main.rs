@@ -1,0 +1,172 @@
+//! `otterd`: the device agent binary. Argument handling only; the logic is in the library.
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+use otterd::{Paths, agent, install, status};
+use std::io::{IsTerminal, Write};
+use std::process::ExitCode;
+
+#[derive(Parser)]
+#[command(name = "otterd", version, about = "Otter device agent")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run the agent (started by systemd: otterd.service).
+    Daemon,
+    /// Install a signed update bundle (path or http(s) URL) into the other slot.
+    Install {
+        source: String,
+        /// Allow a version lower than the running one.
+        #[arg(long)]
+        allow_downgrade: bool,
+        /// Reboot into the new slot when the install is verified.
+        #[arg(long)]
+        reboot: bool,
+        /// Print progress as JSON lines instead of a progress line.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show boot slots, versions and the update state.
+    Status {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Commit the running slot now (normally done by the agent after health checks).
+    Commit,
+    /// Go back to the other slot and reboot.
+    Rollback {
+        /// Change the boot state but do not reboot.
+        #[arg(long)]
+        no_reboot: bool,
+    },
+    /// Reboot the device.
+    Reboot,
+    /// Run the health checks now and print the result.
+    Health {
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("otterd: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<()> {
+    let paths = Paths::from_env();
+    match cli.cmd {
+        Cmd::Daemon => agent::daemon(&paths),
+        Cmd::Install {
+            source,
+            allow_downgrade,
+            reboot,
+            json,
+        } => {
+            let tty = std::io::stderr().is_terminal();
+            let mut last_pct = u64::MAX;
+            let mut on_progress = |p: &otterd::state::Progress| {
+                let pct = (p.done_bytes * 100).checked_div(p.total_bytes).unwrap_or(0);
+                if pct == last_pct {
+                    return;
+                }
+                last_pct = pct;
+                if json {
+                    println!(
+                        "{}",
+                        serde_json::json!({"progress": pct, "done_bytes": p.done_bytes, "total_bytes": p.total_bytes})
+                    );
+                } else if tty {
+                    eprint!(
+                        "\rinstalling: {pct:3}% ({} / {} MiB)",
+                        p.done_bytes >> 20,
+                        p.total_bytes >> 20
+                    );
+                    let _ = std::io::stderr().flush();
+                } else if pct % 10 == 0 {
+                    eprintln!("installing: {pct}%");
+                }
+            };
+            let outcome = install::install(
+                &paths,
+                &install::InstallOptions {
+                    source,
+                    allow_downgrade,
+                },
+                &mut on_progress,
+            );
+            if tty && !json {
+                eprintln!();
+            }
+            let outcome = outcome?;
+            if json {
+                println!("{}", serde_json::to_string(&outcome)?);
+            } else {
+                println!(
+                    "installed {} into slot {} ({} MiB in {:.1}s); {}",
+                    outcome.version,
+                    outcome.slot,
+                    outcome.bytes_written >> 20,
+                    outcome.seconds,
+                    if reboot {
+                        "rebooting to try it"
+                    } else {
+                        "reboot (otterd reboot) to try it"
+                    }
+                );
+            }
+            if reboot {
+                agent::reboot(&paths)?;
+            }
+            Ok(())
+        }
+        Cmd::Status { json } => {
+            let s = status::status(&paths)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&s)?);
+            } else {
+                print!("{}", status::render(&s));
+            }
+            Ok(())
+        }
+        Cmd::Commit => {
+            agent::commit(&paths, "committed by hand (otterd commit)")?;
+            println!("committed");
+            Ok(())
+        }
+        Cmd::Rollback { no_reboot } => {
+            let msg = agent::rollback(&paths, !no_reboot)?;
+            println!("{msg}");
+            Ok(())
+        }
+        Cmd::Reboot => agent::reboot(&paths),
+        Cmd::Health { json } => {
+            let cfg = agent::load_agent_config(&paths)?.health;
+            let r = otterd::health::check(&paths, &cfg);
+            if json {
+                println!("{}", serde_json::to_string_pretty(&r)?);
+            } else if r.healthy {
+                println!("healthy");
+            } else {
+                for f in &r.failures {
+                    println!("unhealthy: {f}");
+                }
+            }
+            if r.healthy {
+                Ok(())
+            } else {
+                anyhow::bail!("not healthy")
+            }
+        }
+    }
+}

@@ -1,0 +1,116 @@
+//! Where the agent finds things. On a device these are fixed; `OTTERD_ROOT` moves all of them
+//! under one directory so the whole agent can be tested on files standing for partitions.
+
+use anyhow::{Context, Result, bail};
+use otter_boot::Slot;
+use std::path::PathBuf;
+
+#[derive(Debug, Clone)]
+pub struct Paths {
+    /// The `otter/` directory of the mounted boot partition (GRUB environment blocks).
+    pub boot_state_dir: PathBuf,
+    /// The agent's persistent state (data partition).
+    pub state_dir: PathBuf,
+    pub release: PathBuf,
+    pub agent_config: PathBuf,
+    pub keys_dir: PathBuf,
+    pub health_dir: PathBuf,
+    pub cmdline: PathBuf,
+    pub slot_a: PathBuf,
+    pub slot_b: PathBuf,
+    /// Test mode: no systemd; a reboot is recorded in `state_dir/reboot-requested`.
+    pub test_mode: bool,
+}
+
+impl Paths {
+    pub fn system() -> Paths {
+        Paths {
+            boot_state_dir: "/boot/efi/otter".into(),
+            state_dir: "/var/lib/otter".into(),
+            release: otter_config::device::RELEASE_PATH.into(),
+            agent_config: otter_config::device::AGENT_CONFIG_PATH.into(),
+            keys_dir: otter_config::device::TRUSTED_KEYS_DIR.into(),
+            health_dir: "/etc/otter/health.d".into(),
+            cmdline: "/proc/cmdline".into(),
+            slot_a: "/dev/disk/by-partlabel/otter-root-a".into(),
+            slot_b: "/dev/disk/by-partlabel/otter-root-b".into(),
+            test_mode: false,
+        }
+    }
+
+    /// `OTTERD_ROOT=/dir`: every path below `/dir` (same layout as on a device; slots are the
+    /// files `dev/otter-root-a` and `dev/otter-root-b`).
+    pub fn from_env() -> Paths {
+        match std::env::var_os("OTTERD_ROOT") {
+            Some(root) => Paths::under(&PathBuf::from(root)),
+            None => Paths::system(),
+        }
+    }
+
+    /// Every path below `r`, in test mode.
+    pub fn under(r: &std::path::Path) -> Paths {
+                Paths {
+                    boot_state_dir: r.join("boot/efi/otter"),
+                    state_dir: r.join("var/lib/otter"),
+                    release: r.join("usr/lib/otter/release.toml"),
+                    agent_config: r.join("usr/lib/otter/agent.toml"),
+                    keys_dir: r.join("usr/lib/otter/keys"),
+                    health_dir: r.join("etc/otter/health.d"),
+                    cmdline: r.join("proc/cmdline"),
+                    slot_a: r.join("dev/otter-root-a"),
+                    slot_b: r.join("dev/otter-root-b"),
+                    test_mode: true,
+                }
+    }
+
+    pub fn slot_device(&self, s: Slot) -> &PathBuf {
+        match s {
+            Slot::A => &self.slot_a,
+            Slot::B => &self.slot_b,
+        }
+    }
+
+    /// The slot the running system booted from, and whether GRUB marked it as a trial boot.
+    pub fn booted_slot(&self) -> Result<(Slot, bool)> {
+        let cmdline = std::fs::read_to_string(&self.cmdline)
+            .with_context(|| format!("reading {}", self.cmdline.display()))?;
+        match otter_boot::parse_booted_slot(&cmdline) {
+            Some(s) => Ok(s),
+            None => bail!(
+                "this system was not booted by Otter's boot loader ({} has no otter.slot=)",
+                self.cmdline.display()
+            ),
+        }
+    }
+
+    /// The boot state store without fault injection (reading only).
+    pub fn boot_store_readonly(&self) -> otter_boot::GrubEnvStore {
+        otter_boot::GrubEnvStore::new(&self.boot_state_dir)
+    }
+
+    pub fn boot_store(&self) -> otter_boot::GrubEnvStore {
+        let store = otter_boot::GrubEnvStore::new(&self.boot_state_dir);
+        match self.fault() {
+            Some(f) => store.with_fault(f),
+            None => store,
+        }
+    }
+
+    /// Test-only fault injection for the end-to-end suite: the file `state_dir/fault` holding
+    /// `hang-after-primary` or `torn-primary` makes the next boot-state write stop there.
+    /// The file is consumed, so the boot after the simulated power cut runs normally.
+    pub fn fault(&self) -> Option<otter_boot::Fault> {
+        let path = self.state_dir.join("fault");
+        let text = std::fs::read_to_string(&path).ok()?;
+        let used = self.state_dir.join("fault.used");
+        std::fs::rename(&path, &used).ok()?;
+        if let Ok(f) = std::fs::File::open(&self.state_dir) {
+            let _ = f.sync_all();
+        }
+        match text.trim() {
+            "hang-after-primary" => Some(otter_boot::Fault::HangAfterPrimary),
+            "torn-primary" => Some(otter_boot::Fault::TornPrimary),
+            _ => None,
+        }
+    }
+}
