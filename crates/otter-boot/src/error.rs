@@ -23,7 +23,9 @@ pub enum BootError {
     )]
     BadVarName { name: String },
 
-    #[error("GRUB environment variable {name} has a NUL byte in its value, which GRUB cannot store")]
+    #[error(
+        "GRUB environment variable {name} has a NUL byte in its value, which GRUB cannot store"
+    )]
     BadVarValue { name: String },
 
     #[error("GRUB environment variable {name} is given twice")]
@@ -33,7 +35,11 @@ pub enum BootError {
     MissingVar { name: &'static str },
 
     #[error("boot state variable {name}={value:?} is invalid: allowed values are {allowed}")]
-    BadValue { name: &'static str, value: String, allowed: &'static str },
+    BadValue {
+        name: &'static str,
+        value: String,
+        allowed: &'static str,
+    },
 
     #[error("invalid boot state file {path}: {source}")]
     InvalidFile {
@@ -80,16 +86,28 @@ pub enum BootError {
     ToolMissing { tool: &'static str, package: String },
 
     #[error("GRUB modules directory {dir} not found: install the Debian package {package}{hint}")]
-    GrubModulesMissing { dir: PathBuf, package: String, hint: &'static str },
+    GrubModulesMissing {
+        dir: PathBuf,
+        package: String,
+        hint: &'static str,
+    },
 
     #[error("grub-mkimage failed ({status}) writing {out}: {stderr}")]
-    GrubMkimageFailed { out: PathBuf, status: String, stderr: String },
+    GrubMkimageFailed {
+        out: PathBuf,
+        status: String,
+        stderr: String,
+    },
 }
 
 pub type Result<T, E = BootError> = std::result::Result<T, E>;
 
 impl BootError {
     pub(crate) fn io(op: &'static str, path: impl Into<PathBuf>, source: std::io::Error) -> Self {
-        BootError::Io { op, path: path.into(), source }
+        BootError::Io {
+            op,
+            path: path.into(),
+            source,
+        }
     }
 }

@@ -1,14 +1,29 @@
-pub fn add(left: u64, right: u64) -> u64 {
-    left + right
-}
+//! Otter boot slot state for GRUB: which slot boots, trial boots with a try counter, commit,
+//! rollback.
+//!
+//! - [`BootState`]: the A/B state and its transitions; [`BootState::next_boot`] models the GRUB
+//!   script.
+//! - [`GrubEnvStore`]: power-cut safe load/store of the state in two GRUB environment blocks on
+//!   the boot partition (`otter/grubenv`, `otter/grubenv.bak`).
+//! - [`grub_cfg`]: the GRUB script that reads the state, counts trial boots down and boots a slot.
+//! - [`build_grub_efi`]: the GRUB EFI binary that runs it.
+//!
+//! The design and the power-cut argument are in `docs/boot-slots.md`.
 
-#[cfg(test)]
-mod tests {
-    use super::*;
+mod envblock;
+mod error;
+mod grubcfg;
+mod image;
+pub mod sim;
+mod state;
+mod store;
 
-    #[test]
-    fn it_works() {
-        let result = add(2, 2);
-        assert_eq!(result, 4);
-    }
-}
+pub use envblock::{ENV_BLOCK_HEADER, ENV_BLOCK_SIZE, env_block_decode, env_block_encode};
+pub use error::{BootError, Result};
+pub use grubcfg::{
+    CONSOLE_ARM64, CONSOLE_X86_64, GrubConfig, SLOT_BOOTENV_PATH, SLOT_CMDLINE_VAR, grub_cfg,
+    kernel_args, parse_slot_bootenv, slot_bootenv,
+};
+pub use image::{GRUB_MODULES, GRUB_PREFIX, build_grub_efi, efi_boot_path, grub_modules};
+pub use state::{BootState, MAX_TRIES, STATE_VARS, Slot, SlotState, parse_booted_slot};
+pub use store::{BACKUP_FILE, Fault, GrubEnvStore, LoadSource, PRIMARY_FILE, STATE_DIR};

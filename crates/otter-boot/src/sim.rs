@@ -38,8 +38,14 @@ pub struct GrubRun {
 pub fn builtin_default() -> BootState {
     BootState {
         order: [Slot::A, Slot::B],
-        a: SlotState { good: true, tries: 0 },
-        b: SlotState { good: true, tries: 0 },
+        a: SlotState {
+            good: true,
+            tries: 0,
+        },
+        b: SlotState {
+            good: true,
+            tries: 0,
+        },
     }
 }
 
@@ -92,5 +98,10 @@ pub fn grub_run(primary: Option<&[u8]>, backup: Option<&[u8]>) -> GrubRun {
             GrubSource::BuiltinDefault => {}
         }
     }
-    GrubRun { source, state, boot, writes }
+    GrubRun {
+        source,
+        state,
+        boot,
+        writes,
+    }
 }

@@ -66,7 +66,7 @@ impl FromStr for Slot {
 }
 
 /// Per-slot state: committed good, and trial boots left.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 pub struct SlotState {
     pub good: bool,
     pub tries: u8,
@@ -80,7 +80,7 @@ impl SlotState {
 }
 
 /// The whole boot state, as stored in the GRUB environment block.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct BootState {
     /// `order[0]` is the primary slot. Always two different slots.
     pub order: [Slot; 2],
@@ -93,8 +93,14 @@ impl BootState {
     pub fn factory() -> Self {
         BootState {
             order: [Slot::A, Slot::B],
-            a: SlotState { good: true, tries: 0 },
-            b: SlotState { good: false, tries: 0 },
+            a: SlotState {
+                good: true,
+                tries: 0,
+            },
+            b: SlotState {
+                good: false,
+                tries: 0,
+            },
         }
     }
 
@@ -135,7 +141,10 @@ impl BootState {
     /// Makes `s` unbootable (before writing into it, or after it failed). If it was the primary
     /// the other slot becomes primary.
     pub fn mark_bad(&mut self, s: Slot) {
-        *self.slot_mut(s) = SlotState { good: false, tries: 0 };
+        *self.slot_mut(s) = SlotState {
+            good: false,
+            tries: 0,
+        };
         if self.order[0] == s {
             self.put_first(s.other());
         }
@@ -145,13 +154,19 @@ impl BootState {
     /// can count down) and makes it primary. Only after the slot's image was fully written and
     /// verified.
     pub fn set_try(&mut self, s: Slot, tries: u8) {
-        *self.slot_mut(s) = SlotState { good: false, tries: tries.clamp(1, MAX_TRIES) };
+        *self.slot_mut(s) = SlotState {
+            good: false,
+            tries: tries.clamp(1, MAX_TRIES),
+        };
         self.put_first(s);
     }
 
     /// Marks `s` good (health checks passed) and primary.
     pub fn commit(&mut self, s: Slot) {
-        *self.slot_mut(s) = SlotState { good: true, tries: 0 };
+        *self.slot_mut(s) = SlotState {
+            good: true,
+            tries: 0,
+        };
         self.put_first(s);
     }
 
@@ -178,6 +193,33 @@ impl BootState {
             self.slot_mut(s).tries -= 1;
         }
         next
+    }
+
+    /// Every valid state (128), for exhaustive tests.
+    pub fn all() -> Vec<BootState> {
+        let mut out = Vec::new();
+        for order in [[Slot::A, Slot::B], [Slot::B, Slot::A]] {
+            for a_good in [false, true] {
+                for a_tries in 0..=MAX_TRIES {
+                    for b_good in [false, true] {
+                        for b_tries in 0..=MAX_TRIES {
+                            out.push(BootState {
+                                order,
+                                a: SlotState {
+                                    good: a_good,
+                                    tries: a_tries,
+                                },
+                                b: SlotState {
+                                    good: b_good,
+                                    tries: b_tries,
+                                },
+                            });
+                        }
+                    }
+                }
+            }
+        }
+        out
     }
 
     /// The variables as GRUB sees them, in block order.
@@ -250,8 +292,14 @@ impl BootState {
         };
         Ok(BootState {
             order,
-            a: SlotState { good: ok("A_OK")?, tries: tries("A_TRY")? },
-            b: SlotState { good: ok("B_OK")?, tries: tries("B_TRY")? },
+            a: SlotState {
+                good: ok("A_OK")?,
+                tries: tries("A_TRY")?,
+            },
+            b: SlotState {
+                good: ok("B_OK")?,
+                tries: tries("B_TRY")?,
+            },
         })
     }
 }
@@ -297,7 +345,10 @@ mod tests {
         let f = BootState::factory();
         let b = f.to_env_block();
         let text_len = b.iter().rposition(|&c| c != b'#').unwrap() + 1;
-        assert!(text_len < 128, "content must stay well inside the first sector: {text_len}");
+        assert!(
+            text_len < 128,
+            "content must stay well inside the first sector: {text_len}"
+        );
         assert_eq!(
             &b[..text_len],
             b"# GRUB Environment Block\nORDER=A B\nA_OK=1\nA_TRY=0\nB_OK=0\nB_TRY=0\n"
@@ -308,43 +359,41 @@ mod tests {
 
     #[test]
     fn all_states_round_trip_with_fixed_layout() {
-        let len = BootState::factory().to_env_block().iter().rposition(|&c| c != b'#');
-        for s in all_states() {
+        let len = BootState::factory()
+            .to_env_block()
+            .iter()
+            .rposition(|&c| c != b'#');
+        for s in BootState::all() {
             let b = s.to_env_block();
             assert_eq!(BootState::from_env_block(&b).unwrap(), s);
-            assert_eq!(b.iter().rposition(|&c| c != b'#'), len, "layout must not depend on values");
+            assert_eq!(
+                b.iter().rposition(|&c| c != b'#'),
+                len,
+                "layout must not depend on values"
+            );
         }
-    }
-
-    pub(crate) fn all_states() -> Vec<BootState> {
-        let mut out = Vec::new();
-        for order in [[Slot::A, Slot::B], [Slot::B, Slot::A]] {
-            for ag in [false, true] {
-                for at in 0..=MAX_TRIES {
-                    for bg in [false, true] {
-                        for bt in 0..=MAX_TRIES {
-                            out.push(BootState {
-                                order,
-                                a: SlotState { good: ag, tries: at },
-                                b: SlotState { good: bg, tries: bt },
-                            });
-                        }
-                    }
-                }
-            }
-        }
-        out
     }
 
     #[test]
     fn validation_rejects_out_of_set_values_and_missing_vars() {
         let base = BootState::factory().to_vars();
-        for (i, bad) in [(0, "A A"), (0, "AB"), (0, "a b"), (1, "2"), (2, "4"), (2, ""), (4, "-1")] {
+        for (i, bad) in [
+            (0, "A A"),
+            (0, "AB"),
+            (0, "a b"),
+            (1, "2"),
+            (2, "4"),
+            (2, ""),
+            (4, "-1"),
+        ] {
             let mut vars = base;
             vars[i].1 = bad;
             let b = crate::env_block_encode(&vars).unwrap();
             assert!(
-                matches!(BootState::from_env_block(&b), Err(BootError::BadValue { .. })),
+                matches!(
+                    BootState::from_env_block(&b),
+                    Err(BootError::BadValue { .. })
+                ),
                 "{vars:?}"
             );
         }
@@ -372,11 +421,23 @@ mod tests {
         assert_eq!(s.next_boot(), Some((Slot::B, true)));
         // GRUB decrements before booting the trial.
         assert_eq!(s.grub_boot_step(), Some((Slot::B, true)));
-        assert_eq!(s.b, SlotState { good: false, tries: 0 });
+        assert_eq!(
+            s.b,
+            SlotState {
+                good: false,
+                tries: 0
+            }
+        );
         // If the trial hangs or panics, the next boot falls back to A.
         assert_eq!(s.next_boot(), Some((Slot::A, false)));
         s.commit(Slot::B);
-        assert_eq!(s.b, SlotState { good: true, tries: 0 });
+        assert_eq!(
+            s.b,
+            SlotState {
+                good: true,
+                tries: 0
+            }
+        );
         assert_eq!(s.next_boot(), Some((Slot::B, false)));
         assert_eq!(s.grub_boot_step(), Some((Slot::B, false)));
         assert_eq!(s.next_boot(), Some((Slot::B, false)));
@@ -393,7 +454,13 @@ mod tests {
         }
         assert_eq!(s.grub_boot_step(), Some((Slot::A, false)));
         assert_eq!(s.grub_boot_step(), Some((Slot::A, false)));
-        assert_eq!(s.a, SlotState { good: true, tries: 0 });
+        assert_eq!(
+            s.a,
+            SlotState {
+                good: true,
+                tries: 0
+            }
+        );
         // The agent sees it booted A while B was primary: it marks B bad, A becomes primary.
         s.mark_bad(Slot::B);
         assert_eq!(s.order, [Slot::A, Slot::B]);
@@ -441,10 +508,16 @@ mod tests {
     fn booted_slot_from_cmdline() {
         let c = "BOOT_IMAGE=(hd0,gpt3)/vmlinuz root=PARTLABEL=otter-root-b ro otter.slot=B panic=5 console=ttyS0,115200 otter.try=1\n";
         assert_eq!(parse_booted_slot(c), Some((Slot::B, true)));
-        assert_eq!(parse_booted_slot("root=/dev/sda1 otter.slot=A quiet"), Some((Slot::A, false)));
+        assert_eq!(
+            parse_booted_slot("root=/dev/sda1 otter.slot=A quiet"),
+            Some((Slot::A, false))
+        );
         assert_eq!(parse_booted_slot("root=/dev/sda1 quiet"), None);
         assert_eq!(parse_booted_slot("otter.slot=C"), None);
         assert_eq!(parse_booted_slot("xotter.slot=A"), None);
-        assert_eq!(parse_booted_slot("otter.slot=A otter.try=0"), Some((Slot::A, false)));
+        assert_eq!(
+            parse_booted_slot("otter.slot=A otter.try=0"),
+            Some((Slot::A, false))
+        );
     }
 }

@@ -75,7 +75,10 @@ pub struct GrubEnvStore {
 
 impl GrubEnvStore {
     pub fn new(dir: &Path) -> Self {
-        GrubEnvStore { dir: dir.to_path_buf(), fault: Fault::None }
+        GrubEnvStore {
+            dir: dir.to_path_buf(),
+            fault: Fault::None,
+        }
     }
 
     pub fn with_fault(mut self, f: Fault) -> Self {
@@ -155,8 +158,10 @@ fn read_state(path: &Path) -> Result<BootState> {
     File::open(path)
         .and_then(|mut f| f.read_to_end(&mut buf))
         .map_err(|e| BootError::io("reading boot state", path, e))?;
-    BootState::from_env_block(&buf)
-        .map_err(|e| BootError::InvalidFile { path: path.to_path_buf(), source: Box::new(e) })
+    BootState::from_env_block(&buf).map_err(|e| BootError::InvalidFile {
+        path: path.to_path_buf(),
+        source: Box::new(e),
+    })
 }
 
 /// Writes a block over an existing 1024-byte file in place: the file keeps its clusters, which
@@ -184,7 +189,8 @@ fn write_block(path: &Path, block: &[u8; ENV_BLOCK_SIZE]) -> Result<()> {
     }
     f.write_all_at(block, 0)
         .map_err(|e| BootError::io("writing boot state", path, e))?;
-    f.sync_all().map_err(|e| BootError::io("syncing boot state", path, e))
+    f.sync_all()
+        .map_err(|e| BootError::io("syncing boot state", path, e))
 }
 
 /// Creates `path` with `block` through a synced temporary file and a rename.
@@ -193,8 +199,10 @@ fn replace_file(path: &Path, block: &[u8]) -> Result<()> {
     tmp_name.push(".tmp");
     let tmp = path.with_file_name(tmp_name);
     let mut f = File::create(&tmp).map_err(|e| BootError::io("creating", &tmp, e))?;
-    f.write_all(block).map_err(|e| BootError::io("writing", &tmp, e))?;
-    f.sync_all().map_err(|e| BootError::io("syncing", &tmp, e))?;
+    f.write_all(block)
+        .map_err(|e| BootError::io("writing", &tmp, e))?;
+    f.sync_all()
+        .map_err(|e| BootError::io("syncing", &tmp, e))?;
     drop(f);
     fs::rename(&tmp, path).map_err(|e| BootError::io("renaming temporary file to", path, e))?;
     sync_dir(path)
@@ -246,12 +254,18 @@ mod tests {
         let st = GrubEnvStore::new(&dir);
         st.init(&BootState::factory()).unwrap();
         assert_eq!(fs::read(st.primary_path()).unwrap().len(), ENV_BLOCK_SIZE);
-        assert_eq!(st.load().unwrap(), (BootState::factory(), LoadSource::Primary));
+        assert_eq!(
+            st.load().unwrap(),
+            (BootState::factory(), LoadSource::Primary)
+        );
         let mut s = BootState::factory();
         s.set_try(Slot::B, 2);
         st.store(&s).unwrap();
         assert_eq!(st.load().unwrap(), (s, LoadSource::Primary));
-        assert_eq!(fs::read(st.primary_path()).unwrap(), fs::read(st.backup_path()).unwrap());
+        assert_eq!(
+            fs::read(st.primary_path()).unwrap(),
+            fs::read(st.backup_path()).unwrap()
+        );
         assert!(!dir.join("grubenv.tmp").exists());
     }
 
@@ -312,7 +326,10 @@ mod tests {
         let err = st.load().unwrap_err();
         let msg = err.to_string();
         assert!(matches!(err, BootError::NoValidState { .. }));
-        assert!(msg.contains("grubenv:") || msg.contains("grubenv "), "{msg}");
+        assert!(
+            msg.contains("grubenv:") || msg.contains("grubenv "),
+            "{msg}"
+        );
         assert!(msg.contains("grubenv.bak"), "{msg}");
         assert!(msg.contains("BootState::recovered"), "{msg}");
     }
@@ -322,7 +339,7 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let st = GrubEnvStore::new(d.path());
         st.init(&BootState::factory()).unwrap();
-        for s in crate::state::tests::all_states() {
+        for s in BootState::all() {
             let torn = torn_block(&st.primary_path(), &s);
             assert!(BootState::from_env_block(&torn).is_err(), "{s:?}");
             assert!(torn.starts_with(crate::envblock::ENV_BLOCK_HEADER));

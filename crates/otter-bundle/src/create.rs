@@ -50,7 +50,7 @@ impl CreateOptions {
         check_compatible(&self.compatible)?;
         parse_version(&self.version)?;
         let cs = self.chunk_size;
-        if !(CHUNK_ALIGN..=MAX_CHUNK_SIZE).contains(&cs) || cs % CHUNK_ALIGN != 0 {
+        if !(CHUNK_ALIGN..=MAX_CHUNK_SIZE).contains(&cs) || !cs.is_multiple_of(CHUNK_ALIGN) {
             return Err(Error::InvalidOptions(format!(
                 "chunk size {cs} must be a multiple of {CHUNK_ALIGN} between {CHUNK_ALIGN} and {MAX_CHUNK_SIZE} (default {DEFAULT_CHUNK_SIZE})"
             )));
@@ -98,7 +98,9 @@ pub fn create_bundle(
     for (name, _) in images {
         check_image_name(name)?;
         if !names.insert(*name) {
-            return Err(Error::InvalidOptions(format!("image name {name:?} given twice")));
+            return Err(Error::InvalidOptions(format!(
+                "image name {name:?} given twice"
+            )));
         }
     }
     let created = created_time()?;
@@ -109,8 +111,8 @@ pub fn create_bundle(
     };
     // The payload goes to an anonymous temp file first because the header, which precedes it,
     // depends on the payload (offsets, sizes).
-    let mut payload =
-        tempfile::tempfile_in(&dir).map_err(|e| Error::io("cannot create temporary file in", &dir, e))?;
+    let mut payload = tempfile::tempfile_in(&dir)
+        .map_err(|e| Error::io("cannot create temporary file in", &dir, e))?;
     let mut entries = Vec::with_capacity(images.len());
     let mut offset = 0u64;
     for (name, path) in images {
@@ -131,13 +133,9 @@ pub fn create_bundle(
         .check()
         .map_err(|e| Error::Internal(format!("created manifest fails its own check: {e}")))?;
     let manifest_bytes = serde_json::to_vec(&manifest).map_err(Error::ManifestEncode)?;
-    let digest = format::manifest_digest(&manifest_bytes);
     let signatures: Vec<SignatureEntry> = keys
         .iter()
-        .map(|k| SignatureEntry {
-            public_key: k.public().to_bytes(),
-            signature: k.sign_digest(&digest),
-        })
+        .map(|k| k.sign_manifest(&manifest_bytes))
         .collect();
     let header = format::encode_header(&manifest_bytes, &signatures)?;
 
@@ -226,7 +224,9 @@ fn chunk_image(
     }
     let chunk_size = opts.chunk_size as usize;
     let n_chunks = size.div_ceil(opts.chunk_size as u64) as usize;
-    let workers = thread::available_parallelism().map_or(2, |n| n.get()).clamp(1, 8);
+    let workers = thread::available_parallelism()
+        .map_or(2, |n| n.get())
+        .clamp(1, 8);
     // Bounds memory: at most `in_flight` raw chunks are read but not yet written out.
     let in_flight = (workers * 3).max(4);
 
@@ -292,7 +292,9 @@ fn chunk_image(
                         Ok(rx) => rx.recv(),
                         Err(_) => return,
                     };
-                    let Ok(RawChunk { index, data }) = job else { return };
+                    let Ok(RawChunk { index, data }) = job else {
+                        return;
+                    };
                     let result = compress_chunk(&mut compressor, index, &data).map_err(|e| {
                         Error::Internal(format!("zstd failed on image {name:?} chunk {index}: {e}"))
                     });
@@ -319,8 +321,9 @@ fn chunk_image(
                 while let Some(done) = pending.remove(&chunks.len()) {
                     let csize = match &done.compressed {
                         Some(c) => {
-                            out.write_all(c)
-                                .map_err(|e| Error::io("cannot write temporary payload in", tmp_dir, e))?;
+                            out.write_all(c).map_err(|e| {
+                                Error::io("cannot write temporary payload in", tmp_dir, e)
+                            })?;
                             c.len() as u64
                         }
                         None => 0,
@@ -388,7 +391,9 @@ fn compress_chunk(
 /// keeps it fast for data chunks too.
 pub(crate) fn is_zero(data: &[u8]) -> bool {
     let mut blocks = data.chunks_exact(64);
-    blocks.by_ref().all(|b| b.iter().fold(0u8, |a, &x| a | x) == 0)
+    blocks
+        .by_ref()
+        .all(|b| b.iter().fold(0u8, |a, &x| a | x) == 0)
         && blocks.remainder().iter().all(|&x| x == 0)
 }
 
@@ -416,13 +421,34 @@ mod tests {
         let ok = CreateOptions::new("board", "1.0.0");
         ok.check().unwrap();
         for bad in [
-            CreateOptions { chunk_size: 1000, ..ok.clone() },
-            CreateOptions { chunk_size: 0, ..ok.clone() },
-            CreateOptions { chunk_size: MAX_CHUNK_SIZE + 4096, ..ok.clone() },
-            CreateOptions { zstd_level: 99, ..ok.clone() },
-            CreateOptions { version: "1".into(), ..ok.clone() },
-            CreateOptions { compatible: "".into(), ..ok.clone() },
-            CreateOptions { compatible: "a b".into(), ..ok.clone() },
+            CreateOptions {
+                chunk_size: 1000,
+                ..ok.clone()
+            },
+            CreateOptions {
+                chunk_size: 0,
+                ..ok.clone()
+            },
+            CreateOptions {
+                chunk_size: MAX_CHUNK_SIZE + 4096,
+                ..ok.clone()
+            },
+            CreateOptions {
+                zstd_level: 99,
+                ..ok.clone()
+            },
+            CreateOptions {
+                version: "1".into(),
+                ..ok.clone()
+            },
+            CreateOptions {
+                compatible: "".into(),
+                ..ok.clone()
+            },
+            CreateOptions {
+                compatible: "a b".into(),
+                ..ok.clone()
+            },
         ] {
             assert!(bad.check().is_err(), "{bad:?}");
         }

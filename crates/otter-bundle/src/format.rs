@@ -51,7 +51,8 @@ pub fn payload_start(manifest_len: u64, n_sigs: u64) -> u64 {
     FIXED_HEADER_LEN + manifest_len + 4 + n_sigs * SIGNATURE_ENTRY_LEN
 }
 
-pub(crate) fn encode_header(manifest_bytes: &[u8], signatures: &[SignatureEntry]) -> Result<Vec<u8>> {
+/// Encodes everything before the payload: fixed header, manifest, signature block.
+pub fn encode_header(manifest_bytes: &[u8], signatures: &[SignatureEntry]) -> Result<Vec<u8>> {
     let m_len = u32::try_from(manifest_bytes.len())
         .ok()
         .filter(|&l| l <= MAX_MANIFEST_LEN)
@@ -236,7 +237,10 @@ mod tests {
         let good = encode_header(b"{}", &[sig(1)]).unwrap();
         let mut bad_magic = good.clone();
         bad_magic[0] = b'X';
-        assert!(matches!(read_header(&mut &bad_magic[..], "t"), Err(Error::BadMagic { .. })));
+        assert!(matches!(
+            read_header(&mut &bad_magic[..], "t"),
+            Err(Error::BadMagic { .. })
+        ));
         let mut v2 = good.clone();
         v2[8] = 2;
         assert!(matches!(
@@ -245,10 +249,16 @@ mod tests {
         ));
         let mut huge = good.clone();
         huge[12..16].copy_from_slice(&(MAX_MANIFEST_LEN + 1).to_le_bytes());
-        assert!(matches!(read_header(&mut &huge[..], "t"), Err(Error::Corrupt { .. })));
+        assert!(matches!(
+            read_header(&mut &huge[..], "t"),
+            Err(Error::Corrupt { .. })
+        ));
         let mut many = good.clone();
         many[18..22].copy_from_slice(&17u32.to_le_bytes());
-        assert!(matches!(read_header(&mut &many[..], "t"), Err(Error::Corrupt { .. })));
+        assert!(matches!(
+            read_header(&mut &many[..], "t"),
+            Err(Error::Corrupt { .. })
+        ));
         for cut in [0, 5, 16, 17, 20, good.len() - 1] {
             let e = read_header(&mut &good[..cut], "t").unwrap_err();
             assert!(e.to_string().contains("header truncated"), "{cut}: {e}");

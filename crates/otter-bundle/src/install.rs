@@ -227,7 +227,9 @@ fn write_chunks(
     let chunk_size = entry.chunk_size as usize;
     // Bounded queues keep a handful of chunks in flight whatever the chunk size (≤ ~16 MiB).
     let depth = (16 * 1024 * 1024 / chunk_size).clamp(1, 4);
-    let workers = thread::available_parallelism().map_or(2, |n| n.get()).clamp(1, 4);
+    let workers = thread::available_parallelism()
+        .map_or(2, |n| n.get())
+        .clamp(1, 4);
 
     let abort = AtomicBool::new(false);
     let fetched = AtomicU64::new(0);
@@ -316,7 +318,8 @@ fn write_chunks(
                         Work::Zero { index } => Ready::Zero { index },
                         Work::Data { index, compressed } => {
                             let mut raw = pop(raw_pool).unwrap_or_default();
-                            let checked = decode_chunk(&mut dec, entry, index, &compressed, &mut raw);
+                            let checked =
+                                decode_chunk(&mut dec, entry, index, &compressed, &mut raw);
                             push(compressed_pool, compressed);
                             if let Err(e) = checked {
                                 abort.store(true, Ordering::Relaxed);
@@ -560,9 +563,18 @@ mod tests {
     fn prefix_hash_matches_sha256() {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("f");
-        let data: Vec<u8> = (0..(READBACK_BLOCK * 2 + 123)).map(|i| (i * 7 % 251) as u8).collect();
+        let data: Vec<u8> = (0..(READBACK_BLOCK * 2 + 123))
+            .map(|i| (i * 7 % 251) as u8)
+            .collect();
         fs::write(&p, &data).unwrap();
-        for len in [0, 1, READBACK_BLOCK, READBACK_BLOCK + 1, data.len() - 1, data.len()] {
+        for len in [
+            0,
+            1,
+            READBACK_BLOCK,
+            READBACK_BLOCK + 1,
+            data.len() - 1,
+            data.len(),
+        ] {
             assert_eq!(
                 sha256_file_prefix(&p, len as u64).unwrap(),
                 hex::encode(Sha256::digest(&data[..len])),
@@ -574,6 +586,38 @@ mod tests {
     }
 
     #[test]
+    fn read_back_names_the_differing_chunk() {
+        use crate::manifest::Chunk;
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("slot");
+        let data: Vec<u8> = (0..10_000u32).map(|i| (i % 251) as u8).collect();
+        let chunks = data
+            .chunks(4096)
+            .map(|c| Chunk {
+                sha256: hex::encode(Sha256::digest(c)),
+                size: c.len() as u32,
+                offset: 0,
+                csize: 1,
+            })
+            .collect();
+        let entry = ImageEntry {
+            name: "rootfs".into(),
+            size: data.len() as u64,
+            sha256: hex::encode(Sha256::digest(&data)),
+            chunk_size: 4096,
+            chunks,
+        };
+        fs::write(&p, &data).unwrap();
+        let f = File::open(&p).unwrap();
+        assert_eq!(first_bad_chunk(&f, &entry, &p).unwrap(), None);
+        let mut bad = data.clone();
+        bad[9000] ^= 1;
+        fs::write(&p, &bad).unwrap();
+        let f = File::open(&p).unwrap();
+        assert_eq!(first_bad_chunk(&f, &entry, &p).unwrap(), Some(2));
+    }
+
+    #[test]
     fn target_must_exist_and_be_file_or_block_device() {
         let dir = tempfile::tempdir().unwrap();
         let missing = dir.path().join("missing");
@@ -581,11 +625,17 @@ mod tests {
         assert!(!missing.exists(), "must never create the target");
         assert!(matches!(
             open_target(dir.path()),
-            Err(Error::TargetKind { kind: "directory", .. })
+            Err(Error::TargetKind {
+                kind: "directory",
+                ..
+            })
         ));
         assert!(matches!(
             open_target(Path::new("/dev/null")),
-            Err(Error::TargetKind { kind: "character device", .. })
+            Err(Error::TargetKind {
+                kind: "character device",
+                ..
+            })
         ));
         let f = dir.path().join("slot");
         fs::write(&f, vec![1u8; 5000]).unwrap();

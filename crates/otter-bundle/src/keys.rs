@@ -7,9 +7,9 @@ use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
+use ed25519_dalek::Signer;
 use ed25519_dalek::pkcs8::spki::der::pem::LineEnding;
 use ed25519_dalek::pkcs8::{DecodePrivateKey, DecodePublicKey, EncodePrivateKey, EncodePublicKey};
-use ed25519_dalek::Signer;
 use sha2::{Digest, Sha256};
 
 use crate::error::{Error, Result};
@@ -72,6 +72,15 @@ impl SigningKey {
 
     pub(crate) fn sign_digest(&self, digest: &[u8; 32]) -> [u8; 64] {
         self.0.sign(digest).to_bytes()
+    }
+
+    /// Signs exact manifest bytes, giving an entry for a bundle's signature block (for re-signing
+    /// or adding a signature to an existing bundle with [`crate::format::encode_header`]).
+    pub fn sign_manifest(&self, manifest_bytes: &[u8]) -> crate::format::SignatureEntry {
+        crate::format::SignatureEntry {
+            public_key: self.public().to_bytes(),
+            signature: self.sign_digest(&crate::format::manifest_digest(manifest_bytes)),
+        }
     }
 }
 
@@ -226,8 +235,16 @@ mod tests {
         assert_eq!(pk, dir.path().join("release.pub"));
         let mode = fs::metadata(&sk).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o600);
-        assert!(fs::read_to_string(&sk).unwrap().starts_with("-----BEGIN PRIVATE KEY-----"));
-        assert!(fs::read_to_string(&pk).unwrap().starts_with("-----BEGIN PUBLIC KEY-----"));
+        assert!(
+            fs::read_to_string(&sk)
+                .unwrap()
+                .starts_with("-----BEGIN PRIVATE KEY-----")
+        );
+        assert!(
+            fs::read_to_string(&pk)
+                .unwrap()
+                .starts_with("-----BEGIN PUBLIC KEY-----")
+        );
         let s = SigningKey::load(&sk).unwrap();
         let p = PublicKey::load(&pk).unwrap();
         assert_eq!(s.public(), p);
@@ -242,11 +259,17 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         generate_keypair(dir.path(), "k").unwrap();
         let before = fs::read(dir.path().join("k.key")).unwrap();
-        assert!(matches!(generate_keypair(dir.path(), "k"), Err(Error::KeyExists(_))));
+        assert!(matches!(
+            generate_keypair(dir.path(), "k"),
+            Err(Error::KeyExists(_))
+        ));
         assert_eq!(fs::read(dir.path().join("k.key")).unwrap(), before);
         // Only the .pub existing also refuses, and creates no .key.
         fs::write(dir.path().join("j.pub"), "x").unwrap();
-        assert!(matches!(generate_keypair(dir.path(), "j"), Err(Error::KeyExists(_))));
+        assert!(matches!(
+            generate_keypair(dir.path(), "j"),
+            Err(Error::KeyExists(_))
+        ));
         assert!(!dir.path().join("j.key").exists());
     }
 
@@ -264,7 +287,10 @@ mod tests {
     #[test]
     fn trusted_keys_dir() {
         let dir = tempfile::tempdir().unwrap();
-        assert!(matches!(load_trusted_keys(dir.path()), Err(Error::NoTrustedKeys(_))));
+        assert!(matches!(
+            load_trusted_keys(dir.path()),
+            Err(Error::NoTrustedKeys(_))
+        ));
         assert!(load_trusted_keys(&dir.path().join("missing")).is_err());
         generate_keypair(dir.path(), "a").unwrap();
         generate_keypair(dir.path(), "b").unwrap();

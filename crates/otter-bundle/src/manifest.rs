@@ -74,8 +74,8 @@ impl Manifest {
 
     /// Parses and checks the manifest's internal consistency. Does not establish trust.
     pub fn from_json(bytes: &[u8]) -> std::result::Result<Manifest, String> {
-        let m: Manifest =
-            serde_json::from_slice(bytes).map_err(|e| format!("manifest is not valid JSON: {e}"))?;
+        let m: Manifest = serde_json::from_slice(bytes)
+            .map_err(|e| format!("manifest is not valid JSON: {e}"))?;
         m.check()?;
         Ok(m)
     }
@@ -150,7 +150,7 @@ impl ImageEntry {
         check_hex_digest(&self.sha256).map_err(|e| format!("sha256: {e}"))?;
         if self.chunk_size < CHUNK_ALIGN
             || self.chunk_size > MAX_CHUNK_SIZE
-            || self.chunk_size % CHUNK_ALIGN != 0
+            || !self.chunk_size.is_multiple_of(CHUNK_ALIGN)
         {
             return Err(format!(
                 "chunk_size {} must be a multiple of {CHUNK_ALIGN} between {CHUNK_ALIGN} and {MAX_CHUNK_SIZE}",
@@ -197,7 +197,10 @@ impl ImageEntry {
 }
 
 fn check_hex_digest(s: &str) -> std::result::Result<(), String> {
-    if s.len() == 64 && s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) {
+    if s.len() == 64
+        && s.bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    {
         Ok(())
     } else {
         Err(format!("{s:?} is not 64 lowercase hex digits"))
@@ -257,9 +260,24 @@ mod tests {
                 sha256: h.clone(),
                 chunk_size: 4096,
                 chunks: vec![
-                    Chunk { sha256: h.clone(), size: 4096, offset: 0, csize: 100 },
-                    Chunk { sha256: h.clone(), size: 4096, offset: 100, csize: 0 },
-                    Chunk { sha256: h.clone(), size: 1808, offset: 100, csize: 50 },
+                    Chunk {
+                        sha256: h.clone(),
+                        size: 4096,
+                        offset: 0,
+                        csize: 100,
+                    },
+                    Chunk {
+                        sha256: h.clone(),
+                        size: 4096,
+                        offset: 100,
+                        csize: 0,
+                    },
+                    Chunk {
+                        sha256: h.clone(),
+                        size: 1808,
+                        offset: 100,
+                        csize: 50,
+                    },
                 ],
             }],
             metadata: BTreeMap::new(),
@@ -281,27 +299,40 @@ mod tests {
 
     #[test]
     fn inconsistencies_are_rejected() {
-        let cases: Vec<(&str, Box<dyn Fn(&mut Manifest)>)> = vec![
+        type Mutation = Box<dyn Fn(&mut Manifest)>;
+        let cases: Vec<(&str, Mutation)> = vec![
             ("format", Box::new(|m| m.format = 2)),
             ("compatible", Box::new(|m| m.compatible = "a b".into())),
             ("version", Box::new(|m| m.version = "1.2".into())),
             ("no images", Box::new(|m| m.images.clear())),
             ("last size", Box::new(|m| m.images[0].chunks[2].size = 1809)),
             ("image size", Box::new(|m| m.images[0].size = 20000)),
-            ("missing chunk", Box::new(|m| {
-                m.images[0].chunks.pop();
-            })),
+            (
+                "missing chunk",
+                Box::new(|m| {
+                    m.images[0].chunks.pop();
+                }),
+            ),
             ("gap", Box::new(|m| m.images[0].chunks[2].offset = 101)),
-            ("hex", Box::new(|m| m.images[0].chunks[0].sha256 = "AB".repeat(32))),
+            (
+                "hex",
+                Box::new(|m| m.images[0].chunks[0].sha256 = "AB".repeat(32)),
+            ),
             ("chunk size", Box::new(|m| m.images[0].chunk_size = 5000)),
-            ("csize bound", Box::new(|m| m.images[0].chunks[2].csize = 1 << 40)),
-            ("dup name", Box::new(|m| {
-                let mut i = m.images[0].clone();
-                for c in &mut i.chunks {
-                    c.offset += 150;
-                }
-                m.images.push(i);
-            })),
+            (
+                "csize bound",
+                Box::new(|m| m.images[0].chunks[2].csize = 1 << 40),
+            ),
+            (
+                "dup name",
+                Box::new(|m| {
+                    let mut i = m.images[0].clone();
+                    for c in &mut i.chunks {
+                        c.offset += 150;
+                    }
+                    m.images.push(i);
+                }),
+            ),
         ];
         for (what, f) in cases {
             let mut m = sample();

@@ -35,12 +35,11 @@ impl BundleReader {
         let mut r = src.header_reader()?;
         let header = format::read_header(&mut r, &name)?;
         drop(r);
-        let manifest = Manifest::from_json(&header.manifest_bytes).map_err(|reason| {
-            Error::Corrupt {
+        let manifest =
+            Manifest::from_json(&header.manifest_bytes).map_err(|reason| Error::Corrupt {
                 source_name: name.clone(),
                 reason,
-            }
-        })?;
+            })?;
         Ok(BundleReader {
             source: src,
             manifest,

@@ -191,9 +191,9 @@ impl HttpRangeReader {
             Ok(resp) if resp.status() == 206 => {
                 let cr = resp.header("Content-Range").unwrap_or("").to_owned();
                 let Some((start, total)) = parse_content_range(&cr) else {
-                    return Err(self.fatal(format!(
-                        "206 response with unparsable Content-Range {cr:?}"
-                    )));
+                    return Err(
+                        self.fatal(format!("206 response with unparsable Content-Range {cr:?}"))
+                    );
                 };
                 if start != self.pos {
                     return Err(self.fatal(format!(
@@ -244,7 +244,10 @@ impl HttpRangeReader {
             ))),
             Err(ureq::Error::Status(416, resp)) => {
                 let cr = resp.header("Content-Range").unwrap_or("").to_owned();
-                match cr.strip_prefix("bytes */").and_then(|t| t.trim().parse().ok()) {
+                match cr
+                    .strip_prefix("bytes */")
+                    .and_then(|t| t.trim().parse().ok())
+                {
                     Some(total) => {
                         self.short_file(total)?;
                         Ok(())
@@ -255,12 +258,14 @@ impl HttpRangeReader {
                 }
             }
             Err(ureq::Error::Status(code, resp)) if code == 408 || code == 429 || code >= 500 => {
-                Err(Attempt::Retry(format!("HTTP {code} {}", resp.status_text())))
+                Err(Attempt::Retry(format!(
+                    "HTTP {code} {}",
+                    resp.status_text()
+                )))
             }
-            Err(ureq::Error::Status(code, resp)) => Err(self.fatal(format!(
-                "HTTP {code} {}",
-                resp.status_text()
-            ))),
+            Err(ureq::Error::Status(code, resp)) => {
+                Err(self.fatal(format!("HTTP {code} {}", resp.status_text())))
+            }
             Err(ureq::Error::Transport(t)) => Err(Attempt::Retry(t.to_string())),
         }
     }
@@ -302,7 +307,9 @@ impl Read for HttpRangeReader {
                 }
                 continue;
             };
-            let want = buf.len().min((self.end - self.pos).min(usize::MAX as u64) as usize);
+            let want = buf
+                .len()
+                .min((self.end - self.pos).min(usize::MAX as u64) as usize);
             match body.read(&mut buf[..want]) {
                 Ok(0) => self.backoff(format!(
                     "connection closed by the server with {} bytes of the range still to come",

@@ -55,7 +55,10 @@ impl HttpServer {
         let root = std::fs::canonicalize(dir.as_ref())
             .with_context(|| format!("HTTP server root {}", dir.as_ref().display()))?;
         let listener = TcpListener::bind("127.0.0.1:0").context("binding 127.0.0.1:0")?;
-        let port = listener.local_addr().context("reading the bound port")?.port();
+        let port = listener
+            .local_addr()
+            .context("reading the bound port")?
+            .port();
         let shared = Arc::new(Shared {
             cut_after: AtomicU64::new(u64::MAX),
             ..Shared::default()
@@ -96,12 +99,20 @@ impl HttpServer {
 
     /// URL of `path` (relative to the root) as the guest sees it: `http://10.0.2.2:PORT/path`.
     pub fn guest_url(&self, path: &str) -> String {
-        format!("http://10.0.2.2:{}/{}", self.port, path.trim_start_matches('/'))
+        format!(
+            "http://10.0.2.2:{}/{}",
+            self.port,
+            path.trim_start_matches('/')
+        )
     }
 
     /// URL of `path` from the host: `http://127.0.0.1:PORT/path`.
     pub fn url(&self, path: &str) -> String {
-        format!("http://127.0.0.1:{}/{}", self.port, path.trim_start_matches('/'))
+        format!(
+            "http://127.0.0.1:{}/{}",
+            self.port,
+            path.trim_start_matches('/')
+        )
     }
 
     /// Response body bytes sent so far (all requests).
@@ -362,8 +373,9 @@ fn handle_connection(conn: TcpStream, root: &Path, shared: &Shared) -> std::io::
         let req = match read_request(&mut reader) {
             Ok(Some(r)) => r,
             Ok(None) => break,
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock
-                || e.kind() == std::io::ErrorKind::TimedOut =>
+            Err(e)
+                if e.kind() == std::io::ErrorKind::WouldBlock
+                    || e.kind() == std::io::ErrorKind::TimedOut =>
             {
                 break;
             }
@@ -372,17 +384,7 @@ fn handle_connection(conn: TcpStream, root: &Path, shared: &Shared) -> std::io::
                 break;
             }
         };
-        let (status, keep) = respond(&mut out, &req, root, shared)?;
-        shared
-            .requests
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .push(RequestRecord {
-                method: req.method.clone(),
-                target: req.target.clone(),
-                range: req.range.clone(),
-                status,
-            });
+        let keep = respond(&mut out, &req, root, shared)?;
         if req.close || !keep {
             break;
         }
@@ -416,30 +418,47 @@ fn simple(
     out.flush()
 }
 
-/// Answer one request; returns the status and whether the connection may be kept.
+/// Note a request (before answering, so a client that got the answer finds it listed).
+fn record(shared: &Shared, req: &Request, status: u16) {
+    shared
+        .requests
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .push(RequestRecord {
+            method: req.method.clone(),
+            target: req.target.clone(),
+            range: req.range.clone(),
+            status,
+        });
+}
+
+/// Answer one request; returns whether the connection may be kept.
 fn respond(
     out: &mut TcpStream,
     req: &Request,
     root: &Path,
     shared: &Shared,
-) -> std::io::Result<(u16, bool)> {
+) -> std::io::Result<bool> {
     let head_only = match req.method.as_str() {
         "GET" => false,
         "HEAD" => true,
         _ => {
+            record(shared, req, 405);
             simple(out, 405, req.close, &[("Allow", "GET, HEAD".into())])?;
-            return Ok((405, true));
+            return Ok(true);
         }
     };
     let Some(path) = resolve(root, &req.target).filter(|p| p.is_file()) else {
+        record(shared, req, 404);
         simple(out, 404, req.close, &[])?;
-        return Ok((404, true));
+        return Ok(true);
     };
     let mut file = match std::fs::File::open(&path) {
         Ok(f) => f,
         Err(_) => {
+            record(shared, req, 404);
             simple(out, 404, req.close, &[])?;
-            return Ok((404, true));
+            return Ok(true);
         }
     };
     let len = file.metadata()?.len();
@@ -447,8 +466,14 @@ fn respond(
         RangeOutcome::Full => (200, 0, len, None),
         RangeOutcome::Partial(s, e) => (206, s, e - s + 1, Some(format!("bytes {s}-{e}/{len}"))),
         RangeOutcome::Unsatisfiable => {
-            simple(out, 416, req.close, &[("Content-Range", format!("bytes */{len}"))])?;
-            return Ok((416, true));
+            record(shared, req, 416);
+            simple(
+                out,
+                416,
+                req.close,
+                &[("Content-Range", format!("bytes */{len}"))],
+            )?;
+            return Ok(true);
         }
     };
     let mut head = format!(
@@ -463,10 +488,11 @@ fn respond(
         head.push_str("Connection: close\r\n");
     }
     head.push_str("\r\n");
+    record(shared, req, code);
     out.write_all(head.as_bytes())?;
     if head_only {
         out.flush()?;
-        return Ok((code, true));
+        return Ok(true);
     }
 
     file.seek(SeekFrom::Start(start))?;
@@ -483,27 +509,28 @@ fn respond(
         if cut_after != u64::MAX {
             if sent >= cut_after {
                 out.flush()?;
-                return Ok((code, false));
+                return Ok(false);
             }
             want = want.min((cut_after - sent) as usize);
         }
         let n = file.read(&mut buf[..want])?;
         if n == 0 {
             // The file shrank: the promised length cannot be kept.
-            return Ok((code, false));
+            return Ok(false);
         }
-        out.write_all(&buf[..n])?;
-        sent += n as u64;
+        // Counted before writing so a client that has read the body sees it counted.
         shared.bytes_served.fetch_add(n as u64, Ordering::SeqCst);
+        if let Err(e) = out.write_all(&buf[..n]) {
+            shared.bytes_served.fetch_sub(n as u64, Ordering::SeqCst);
+            return Err(e);
+        }
+        sent += n as u64;
         if rate > 0 {
             std::thread::sleep(Duration::from_secs_f64(n as f64 / rate as f64));
         }
     }
     out.flush()?;
-    if cut_after != u64::MAX && sent >= cut_after && sent < count {
-        return Ok((code, false));
-    }
-    Ok((code, true))
+    Ok(true)
 }
 
 #[cfg(test)]
@@ -630,7 +657,10 @@ mod tests {
         let (d, data) = served_dir();
         let srv = HttpServer::serve_dir(d.path()).unwrap();
         let p = srv.port;
-        assert_eq!(srv.guest_url("/update.bin"), format!("http://10.0.2.2:{p}/update.bin"));
+        assert_eq!(
+            srv.guest_url("/update.bin"),
+            format!("http://10.0.2.2:{p}/update.bin")
+        );
 
         let r = get(p, "/update.bin", None);
         assert_eq!(r.status, 200);
@@ -646,7 +676,10 @@ mod tests {
         let r = get(p, "/update.bin", Some("bytes=199990-"));
         assert_eq!(r.status, 206);
         assert_eq!(r.body, &data[199_990..]);
-        assert_eq!(r.header("content-range"), Some("bytes 199990-199999/200000"));
+        assert_eq!(
+            r.header("content-range"),
+            Some("bytes 199990-199999/200000")
+        );
 
         let r = get(p, "/update.bin", Some("bytes=-5"));
         assert_eq!(r.status, 206);
@@ -687,7 +720,10 @@ mod tests {
         assert_eq!(get(p, "/sub", None).status, 404);
         assert_eq!(get(p, "/../../etc/passwd", None).status, 404);
         assert_eq!(get(p, "/%2e%2e/%2e%2e/etc/passwd", None).status, 404);
-        let r = request(p, "POST /update.bin HTTP/1.1\r\nContent-Length: 3\r\nConnection: close\r\n\r\nabc");
+        let r = request(
+            p,
+            "POST /update.bin HTTP/1.1\r\nContent-Length: 3\r\nConnection: close\r\n\r\nabc",
+        );
         assert_eq!(r.status, 405);
         assert_eq!(r.header("allow"), Some("GET, HEAD"));
         let s = TcpStream::connect(("127.0.0.1", p)).unwrap();
@@ -725,7 +761,11 @@ mod tests {
         let mut all = Vec::new();
         (&s).read_to_end(&mut all).unwrap();
         let body_at = all.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
-        assert_eq!(&all[body_at..], &data[..1000], "connection closed after 1000 bytes");
+        assert_eq!(
+            &all[body_at..],
+            &data[..1000],
+            "connection closed after 1000 bytes"
+        );
         assert!(String::from_utf8_lossy(&all[..body_at]).contains("Content-Length: 200000"));
         srv.set_cut_after(None);
 
@@ -733,7 +773,11 @@ mod tests {
         let start = std::time::Instant::now();
         let r = get(srv.port, "/update.bin", Some("bytes=0-9999"));
         assert_eq!(r.body, &data[..10_000]);
-        assert!(start.elapsed() >= Duration::from_millis(400), "{:?}", start.elapsed());
+        assert!(
+            start.elapsed() >= Duration::from_millis(400),
+            "{:?}",
+            start.elapsed()
+        );
         srv.set_throttle(None);
     }
 

@@ -12,6 +12,7 @@
 //! ```
 
 mod http;
+pub mod scenario;
 mod serial;
 mod ssh;
 mod vm;
@@ -127,7 +128,9 @@ pub fn test_dir(name: &str) -> anyhow::Result<PathBuf> {
     match std::fs::remove_dir_all(&dir) {
         Ok(()) => {}
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => return Err(e).with_context(|| format!("removing old test dir {}", dir.display())),
+        Err(e) => {
+            return Err(e).with_context(|| format!("removing old test dir {}", dir.display()));
+        }
     }
     std::fs::create_dir_all(&dir)
         .with_context(|| format!("creating test dir {}", dir.display()))?;

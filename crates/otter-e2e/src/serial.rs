@@ -26,8 +26,10 @@ pub struct SerialLog {
 struct Cursor {
     /// Matching starts here.
     from: u64,
-    /// Bytes from `from` already read and searched.
+    /// Bytes from `from` already read.
     buf: Vec<u8>,
+    /// How much of `buf` was searched for the current wait's strings.
+    scanned: usize,
 }
 
 impl SerialLog {
@@ -65,6 +67,7 @@ impl SerialLog {
         let mut st = self.lock();
         st.from = len;
         st.buf.clear();
+        st.scanned = 0;
     }
 
     /// Match from the start of the log again.
@@ -72,6 +75,7 @@ impl SerialLog {
         let mut st = self.lock();
         st.from = 0;
         st.buf.clear();
+        st.scanned = 0;
     }
 
     /// Wait until `needle` appears after the cursor; the cursor then moves past it. On timeout
@@ -99,6 +103,8 @@ impl SerialLog {
             bail!("wait_for_serial needs non-empty strings to look for");
         }
         let start = Instant::now();
+        // What was read for an earlier wait was not searched for these strings.
+        self.lock().scanned = 0;
         loop {
             if let Some(i) = self.poll(needles)? {
                 return Ok(i);
@@ -141,14 +147,16 @@ impl SerialLog {
             // Truncated (a new QEMU run on the same file): start over.
             st.from = 0;
             st.buf.clear();
+            st.scanned = 0;
         }
-        let searched = st.buf.len();
-        let pos = st.from + searched as u64;
+        let pos = st.from + st.buf.len() as u64;
+        let Cursor { buf, scanned, .. } = &mut *st;
         f.seek(SeekFrom::Start(pos))
-            .and_then(|_| f.read_to_end(&mut st.buf))
+            .and_then(|_| f.read_to_end(buf))
             .map_err(|e| anyhow::anyhow!("reading serial log {}: {e}", self.path.display()))?;
         let longest = needles.iter().map(|n| n.len()).max().unwrap_or(0);
-        let begin = searched.saturating_sub(longest.saturating_sub(1));
+        let begin = (*scanned).saturating_sub(longest.saturating_sub(1));
+        *scanned = buf.len();
         let hay = &st.buf[begin..];
         let found = needles
             .iter()
@@ -160,6 +168,7 @@ impl SerialLog {
                 let end = begin + at + n;
                 st.from += end as u64;
                 st.buf.drain(..end);
+                st.scanned = 0;
                 Ok(Some(i))
             }
             None => Ok(None),
@@ -249,7 +258,9 @@ mod tests {
     fn timeout_shows_last_60_lines() {
         let d = tempfile::tempdir().unwrap();
         let path = d.path().join("serial.log");
-        let text: String = (0..100).map(|i| format!("\x1b[1mline {i}\x1b[0m\r\n")).collect();
+        let text: String = (0..100)
+            .map(|i| format!("\x1b[1mline {i}\x1b[0m\r\n"))
+            .collect();
         std::fs::write(&path, text).unwrap();
         let log = SerialLog::new(&path);
         let err = log
@@ -275,7 +286,10 @@ mod tests {
         log.rewind();
         log.mark();
         assert!(log.wait_for("boot", t).is_err());
-        let mut f = std::fs::OpenOptions::new().append(true).open(&path).unwrap();
+        let mut f = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&path)
+            .unwrap();
         f.write_all(b"boot again\n").unwrap();
         log.wait_for("boot", t).unwrap();
     }

@@ -398,7 +398,11 @@ mod tests {
         assert!(pem.contains("OPENSSH PRIVATE KEY"));
         use std::os::unix::fs::PermissionsExt;
         let mode = std::fs::metadata(&key).unwrap().permissions().mode();
-        assert_eq!(mode & 0o077, 0, "private key must not be readable by others");
+        assert_eq!(
+            mode & 0o077,
+            0,
+            "private key must not be readable by others"
+        );
         // A second call replaces the pair instead of prompting.
         let (_, line2) = generate_ssh_key(d.path()).unwrap();
         assert_ne!(line, line2);
@@ -409,7 +413,8 @@ mod tests {
         let mut c = Command::new("sh");
         c.args(["-c", "echo started; echo oops >&2; sleep 0.3; echo done"]);
         let mut p = SshProcess::spawn(c, "sh test").unwrap();
-        p.wait_for_output("started", Duration::from_secs(10)).unwrap();
+        p.wait_for_output("started", Duration::from_secs(10))
+            .unwrap();
         let out = p.wait_timeout(Duration::from_secs(10)).unwrap();
         assert!(out.status.success());
         assert_eq!(String::from_utf8_lossy(&out.stdout), "started\ndone\n");

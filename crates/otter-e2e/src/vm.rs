@@ -127,7 +127,12 @@ impl Vm {
     /// [`Ssh::wait_ready`], but failing as soon as QEMU exits.
     pub fn wait_ssh_ready(&self, ssh: &Ssh, timeout: Duration) -> Result<()> {
         ssh.wait_ready_while(timeout, &mut || self.check_running())
-            .map_err(|e| anyhow!("{e:#}\nlast {TAIL_LINES} serial lines:\n{}", self.serial.tail(TAIL_LINES)))
+            .map_err(|e| {
+                anyhow!(
+                    "{e:#}\nlast {TAIL_LINES} serial lines:\n{}",
+                    self.serial.tail(TAIL_LINES)
+                )
+            })
     }
 
     /// Whether QEMU still runs.
@@ -157,5 +162,61 @@ impl Vm {
             }
             std::thread::sleep(Duration::from_millis(100));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Boot OVMF on a blank disk through the harness: the firmware's boot manager and shell
+    /// show on the serial log; a second power-on of the same device keeps its overlay and
+    /// UEFI variables.
+    #[test]
+    fn qemu_smoke_ovmf_blank_disk() {
+        if let Err(missing) = crate::qemu_requirements() {
+            eprintln!("skipping: {missing}");
+            return;
+        }
+        let d = tempfile::tempdir().unwrap();
+        let image = d.path().join("blank.img");
+        std::fs::File::create(&image)
+            .unwrap()
+            .set_len(64 << 20)
+            .unwrap();
+        let overlay = d.path().join("device.qcow2");
+        let mut opts = VmOptions::new(&image);
+        opts.overlay = Some(overlay.clone());
+        opts.ssh_port = Some(crate::free_port());
+        opts.accel = otter_vm::Accel::Tcg;
+
+        let vm = Vm::start(opts.clone(), d.path()).unwrap();
+        assert_eq!(vm.run_dir(), d.path().join("vm-01"));
+        assert!(vm.is_running());
+        vm.wait_for_serial("BdsDxe", Duration::from_secs(240))
+            .unwrap();
+        let which = vm
+            .wait_for_serial_any(&["Shell>", "Kernel panic"], Duration::from_secs(240))
+            .unwrap();
+        assert_eq!(which, 0);
+        assert!(vm.serial_log().contains("UEFI Interactive Shell"));
+        vm.kill().unwrap();
+        assert!(!vm.is_running());
+        assert!(vm.wait_exit(Duration::from_secs(5)).is_ok());
+        let err = vm
+            .wait_for_serial("never printed", Duration::from_secs(60))
+            .unwrap_err()
+            .to_string();
+        assert!(err.starts_with("QEMU exited"), "{err}");
+        assert!(err.contains("Shell>"), "error shows the log tail: {err}");
+        drop(vm);
+
+        // Power on again: same overlay and NVRAM, new run dir and log.
+        assert!(overlay.exists());
+        assert!(d.path().join("device.qcow2.efivars.fd").exists());
+        let vm = Vm::start(opts, d.path()).unwrap();
+        assert_eq!(vm.run_dir(), d.path().join("vm-02"));
+        vm.wait_for_serial("BdsDxe", Duration::from_secs(240))
+            .unwrap();
     }
 }

@@ -118,8 +118,12 @@ pub fn prepare_with_firmware(
 ) -> Result<Prepared> {
     validate(opts)?;
     let image_format = DiskFormat::detect(&opts.image)?;
-    std::fs::create_dir_all(workdir)
-        .map_err(|e| Error::io(format!("creating VM work directory {}", workdir.display()), e))?;
+    std::fs::create_dir_all(workdir).map_err(|e| {
+        Error::io(
+            format!("creating VM work directory {}", workdir.display()),
+            e,
+        )
+    })?;
 
     let (disk, disk_format) = if opts.persist {
         (opts.image.clone(), image_format)
@@ -174,8 +178,8 @@ pub fn prepare_with_firmware(
 
 fn make_writable(path: &Path) -> Result<()> {
     use std::os::unix::fs::PermissionsExt;
-    let meta = std::fs::metadata(path)
-        .map_err(|e| Error::io(format!("reading {}", path.display()), e))?;
+    let meta =
+        std::fs::metadata(path).map_err(|e| Error::io(format!("reading {}", path.display()), e))?;
     let mut perm = meta.permissions();
     if perm.mode() & 0o200 == 0 {
         perm.set_mode(perm.mode() | 0o200);
@@ -247,8 +251,7 @@ pub fn resolve_accel(arch: Arch, accel: Accel) -> Result<Accel> {
 }
 
 fn kvm_usable(arch: Arch) -> std::result::Result<(), String> {
-    static CACHE: OnceLock<Mutex<HashMap<Arch, std::result::Result<(), String>>>> =
-        OnceLock::new();
+    static CACHE: OnceLock<Mutex<HashMap<Arch, std::result::Result<(), String>>>> = OnceLock::new();
     let cache = CACHE.get_or_init(|| Mutex::new(HashMap::new()));
     let mut cache = cache.lock().unwrap_or_else(|p| p.into_inner());
     cache.entry(arch).or_insert_with(|| probe_kvm(arch)).clone()
@@ -347,7 +350,11 @@ pub fn qemu_args(opts: &VmOptions, prepared: &Prepared) -> Vec<OsString> {
         "",
     ));
     a.push("-drive".into());
-    a.push(opt("if=pflash,format=raw,unit=1,file=", &prepared.efi_vars, ""));
+    a.push(opt(
+        "if=pflash,format=raw,unit=1,file=",
+        &prepared.efi_vars,
+        "",
+    ));
 
     a.push("-drive".into());
     a.push(opt(
@@ -488,16 +495,17 @@ mod tests {
         );
         opts.serial = Serial::None;
         let l = line(&opts, &prepared(Accel::Tcg));
-        assert!(l.ends_with("-display none -monitor none -serial none"), "{l}");
+        assert!(
+            l.ends_with("-display none -monitor none -serial none"),
+            "{l}"
+        );
     }
 
     #[test]
     fn accelerators() {
         let opts = VmOptions::new("/i.img");
         assert!(line(&opts, &prepared(Accel::Kvm)).contains("-accel kvm -cpu host "));
-        assert!(
-            line(&opts, &prepared(Accel::Auto)).contains("-accel kvm -accel tcg -cpu max ")
-        );
+        assert!(line(&opts, &prepared(Accel::Auto)).contains("-accel kvm -accel tcg -cpu max "));
     }
 
     #[test]
@@ -507,8 +515,9 @@ mod tests {
         p.disk = "/images/otter.img".into();
         p.disk_format = DiskFormat::Raw;
         assert!(
-            line(&opts, &p)
-                .contains("-drive if=none,id=disk0,discard=unmap,file=/images/otter.img,format=raw ")
+            line(&opts, &p).contains(
+                "-drive if=none,id=disk0,discard=unmap,file=/images/otter.img,format=raw "
+            )
         );
     }
 
@@ -517,7 +526,10 @@ mod tests {
         let mut opts = VmOptions::new("/i.img");
         opts.arch = Arch::Aarch64;
         let l = line(&opts, &prepared(Accel::Tcg));
-        assert!(l.starts_with("-name otter -machine virt -accel tcg -cpu max "), "{l}");
+        assert!(
+            l.starts_with("-name otter -machine virt -accel tcg -cpu max "),
+            "{l}"
+        );
         assert_eq!(opts.arch.qemu_binary(), "qemu-system-aarch64");
     }
 
@@ -563,7 +575,10 @@ mod tests {
 
     #[test]
     fn tcg_needs_no_probe() {
-        assert_eq!(resolve_accel(Arch::Aarch64, Accel::Tcg).unwrap(), Accel::Tcg);
+        assert_eq!(
+            resolve_accel(Arch::Aarch64, Accel::Tcg).unwrap(),
+            Accel::Tcg
+        );
     }
 
     #[test]

@@ -22,7 +22,10 @@ fn candidates(arch: Arch) -> &'static [(&'static str, &'static str)] {
                 "/usr/share/OVMF/OVMF_VARS_4M.fd",
             ),
             // Debian 11 and older (2 MiB layout).
-            ("/usr/share/OVMF/OVMF_CODE.fd", "/usr/share/OVMF/OVMF_VARS.fd"),
+            (
+                "/usr/share/OVMF/OVMF_CODE.fd",
+                "/usr/share/OVMF/OVMF_VARS.fd",
+            ),
             // Fedora (edk2-ovmf).
             (
                 "/usr/share/edk2/ovmf/OVMF_CODE.fd",

@@ -223,7 +223,9 @@ impl VmOptions {
 /// Errors of this crate. Each message says what failed and, where there is one, what to do.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("{arch} UEFI firmware not found (looked for {searched}): apt-get install {package}, or set OTTER_OVMF_CODE and OTTER_OVMF_VARS to the firmware code and variable-store template")]
+    #[error(
+        "{arch} UEFI firmware not found (looked for {searched}): apt-get install {package}, or set OTTER_OVMF_CODE and OTTER_OVMF_VARS to the firmware code and variable-store template"
+    )]
     FirmwareNotFound {
         arch: Arch,
         searched: String,
@@ -250,7 +252,9 @@ pub enum Error {
         image: PathBuf,
         stderr: String,
     },
-    #[error("KVM was requested but is not usable for {arch} guests here ({reason}): use accel tcg or auto")]
+    #[error(
+        "KVM was requested but is not usable for {arch} guests here ({reason}): use accel tcg or auto"
+    )]
     KvmUnusable { arch: Arch, reason: String },
     #[error("QEMU exited right after start ({status}): {output}")]
     QemuExited {

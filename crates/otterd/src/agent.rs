@@ -150,7 +150,7 @@ pub fn run_trial(paths: &Paths, slot: Slot) -> Result<HealthReport> {
     loop {
         let report = health::check(paths, &cfg);
         if report.healthy {
-            eprintln!("otterd: slot {slot} is healthy; committing");
+            crate::log(&format!("slot {slot} is healthy; committing"));
             commit(paths, "health checks passed")?;
             return Ok(report);
         }
@@ -161,7 +161,7 @@ pub fn run_trial(paths: &Paths, slot: Slot) -> Result<HealthReport> {
                 cfg.deadline_secs,
                 report.failures.join("; ")
             );
-            eprintln!("otterd: slot {slot}: {reason}; rolling back");
+            crate::log(&format!("slot {slot}: {reason}; rolling back"));
             mark_unhealthy_and_reboot(paths, slot, &reason)?;
             return Ok(report);
         }
@@ -173,7 +173,7 @@ pub fn run_trial(paths: &Paths, slot: Slot) -> Result<HealthReport> {
 /// Commit the booted slot (it becomes primary and good).
 pub fn commit(paths: &Paths, why: &str) -> Result<()> {
     let (booted, _) = paths.booted_slot()?;
-    let store = paths.boot_store();
+    let store = paths.boot_store_for("commit");
     let (mut boot, _) = store.load().context("reading the boot state")?;
     let file = StateFile::lock(&paths.state_dir)?;
     let mut st = file.load()?;
@@ -311,7 +311,7 @@ pub fn daemon(paths: &Paths) -> Result<()> {
             }
         }
     };
-    eprintln!("otterd: {situation:?}");
+    crate::log(&format!("{situation:?}"));
     match &situation {
         Situation::Trial { slot, .. } => {
             crate::notify::notify(&format!("STATUS=trial boot of slot {slot}"));

@@ -58,7 +58,7 @@ pub fn check(paths: &Paths, cfg: &HealthConfig) -> HealthReport {
     }
 
     // The agent's own checks: it must be able to manage the next update.
-    if let Err(e) = paths.boot_store_readonly().load() {
+    if let Err(e) = paths.boot_store().load() {
         failures.push(format!("boot state unreadable: {e}"));
     }
     let probe = paths.state_dir.join(".health-probe");

@@ -16,6 +16,18 @@ mod notify;
 
 pub use paths::Paths;
 
+/// Log a line to stderr (the journal) and, on a device, to the kernel log, which reaches the
+/// serial console even when a getty owns it.
+pub fn log(msg: &str) {
+    eprintln!("otterd: {msg}");
+    if std::env::var_os("OTTERD_ROOT").is_none()
+        && let Ok(mut k) = std::fs::OpenOptions::new().write(true).open("/dev/kmsg")
+    {
+        use std::io::Write;
+        let _ = writeln!(k, "otterd: {msg}");
+    }
+}
+
 pub fn now() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)

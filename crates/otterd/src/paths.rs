@@ -83,34 +83,43 @@ impl Paths {
         }
     }
 
-    /// The boot state store without fault injection (reading only).
-    pub fn boot_store_readonly(&self) -> otter_boot::GrubEnvStore {
+    /// The boot state store.
+    pub fn boot_store(&self) -> otter_boot::GrubEnvStore {
         otter_boot::GrubEnvStore::new(&self.boot_state_dir)
     }
 
-    pub fn boot_store(&self) -> otter_boot::GrubEnvStore {
-        let store = otter_boot::GrubEnvStore::new(&self.boot_state_dir);
-        match self.fault() {
+    /// The boot state store for operation `op` (`commit`, `install`), with a test fault
+    /// injected if one is armed for that operation.
+    pub fn boot_store_for(&self, op: &str) -> otter_boot::GrubEnvStore {
+        let store = self.boot_store();
+        match self.fault(op) {
             Some(f) => store.with_fault(f),
             None => store,
         }
     }
 
     /// Test-only fault injection for the end-to-end suite: the file `state_dir/fault` holding
-    /// `hang-after-primary` or `torn-primary` makes the next boot-state write stop there.
-    /// The file is consumed, so the boot after the simulated power cut runs normally.
-    pub fn fault(&self) -> Option<otter_boot::Fault> {
+    /// `OP:hang-after-primary` or `OP:torn-primary` makes the next boot-state write of
+    /// operation OP stop there. The file is consumed, so the boot after the simulated power
+    /// cut runs normally.
+    pub fn fault(&self, op: &str) -> Option<otter_boot::Fault> {
         let path = self.state_dir.join("fault");
         let text = std::fs::read_to_string(&path).ok()?;
+        let text = text.trim().strip_prefix(op)?.strip_prefix(':')?.to_string();
         let used = self.state_dir.join("fault.used");
         std::fs::rename(&path, &used).ok()?;
         if let Ok(f) = std::fs::File::open(&self.state_dir) {
             let _ = f.sync_all();
         }
-        match text.trim() {
-            "hang-after-primary" => Some(otter_boot::Fault::HangAfterPrimary),
-            "torn-primary" => Some(otter_boot::Fault::TornPrimary),
-            _ => None,
-        }
+        let fault = match text.trim() {
+            "hang-after-primary" => otter_boot::Fault::HangAfterPrimary,
+            "torn-primary" => otter_boot::Fault::TornPrimary,
+            _ => return None,
+        };
+        crate::log(&format!(
+            "fault injected: {}: the next boot-state write stops midway",
+            text.trim()
+        ));
+        Some(fault)
     }
 }

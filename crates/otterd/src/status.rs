@@ -47,7 +47,7 @@ pub fn status(paths: &Paths) -> Result<Status> {
             None
         }
     };
-    let boot = match paths.boot_store_readonly().load() {
+    let boot = match paths.boot_store().load() {
         Ok((b, _)) => Some(b),
         Err(e) => {
             errors.push(format!("boot state: {e}"));

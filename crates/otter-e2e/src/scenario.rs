@@ -1,0 +1,310 @@
+//! Building blocks of the end-to-end scenarios and the demo: build releases with the `otter`
+//! CLI as a user would, and drive a device (one QEMU disk, power-cycled) over SSH.
+
+use crate::{HttpServer, Ssh, Vm, VmOptions, free_port, generate_ssh_key};
+use anyhow::{Context, Result, bail};
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+/// The workspace root (this crate lives in `crates/otter-e2e`).
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+/// The release `otter` and `otterd` binaries: `$OTTER_BIN_DIR`, else `target/release`,
+/// built with cargo when missing.
+pub fn binaries() -> Result<(PathBuf, PathBuf)> {
+    let dir = match std::env::var_os("OTTER_BIN_DIR") {
+        Some(d) => PathBuf::from(d),
+        None => match std::env::var_os("CARGO_TARGET_DIR") {
+            Some(t) => PathBuf::from(t).join("release"),
+            None => workspace_root().join("target/release"),
+        },
+    };
+    let (otter, otterd) = (dir.join("otter"), dir.join("otterd"));
+    if !otter.is_file() || !otterd.is_file() {
+        let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+            .args(["build", "--release", "-p", "otter", "-p", "otterd"])
+            .current_dir(workspace_root())
+            .status()
+            .context("running cargo build --release -p otter -p otterd")?;
+        if !status.success() {
+            bail!("cargo build --release -p otter -p otterd failed");
+        }
+    }
+    Ok((otter, otterd))
+}
+
+/// How one release differs from the plain demo image.
+#[derive(Debug, Clone, Default)]
+pub struct Variant {
+    pub version: String,
+    /// Extra kernel arguments carried in the slot (e.g. `init=/bin/false` to break booting).
+    pub kernel_cmdline: String,
+    /// Executables for `/etc/otter/health.d/`: (name, shell script body).
+    pub health_checks: Vec<(String, String)>,
+    pub deadline_secs: u64,
+}
+
+#[derive(Debug, Clone)]
+pub struct Release {
+    pub version: String,
+    pub image: PathBuf,
+    pub bundle: PathBuf,
+}
+
+/// Keys, an SSH identity and a project directory; builds releases with `otter build`.
+pub struct Workbench {
+    pub dir: PathBuf,
+    pub otter: PathBuf,
+    pub otterd: PathBuf,
+    pub ssh_key: PathBuf,
+    pub out: PathBuf,
+    pub cache: PathBuf,
+}
+
+impl Workbench {
+    /// Prepare `dir` (kept between runs: keys and builds are reused when present).
+    pub fn new(dir: &Path) -> Result<Workbench> {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        let (otter, otterd) = binaries()?;
+        let keys = dir.join("keys");
+        if !keys.join("otter-signing.key").is_file() {
+            run(Command::new(&otter)
+                .args(["keys", "generate", "--out"])
+                .arg(&keys))?;
+        }
+        let ssh_key = dir.join("ssh/id_ed25519");
+        if !ssh_key.is_file() {
+            generate_ssh_key(&dir.join("ssh"))?;
+        }
+        let cache = std::env::var_os("OTTER_CACHE_DIR")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| workspace_root().join("target/otter-cache"));
+        Ok(Workbench {
+            out: dir.join("out"),
+            dir: dir.to_path_buf(),
+            otter,
+            otterd,
+            ssh_key,
+            cache,
+        })
+    }
+
+    /// Write the project for `v` and build it with `otter build`.
+    pub fn build(&self, name: &str, v: &Variant) -> Result<Release> {
+        let pdir = self.dir.join("projects").join(format!("{name}-{}", v.version));
+        if pdir.exists() {
+            std::fs::remove_dir_all(&pdir).with_context(|| format!("cleaning {}", pdir.display()))?;
+        }
+        let overlay = pdir.join("overlay");
+        std::fs::create_dir_all(overlay.join("etc/otter/health.d"))
+            .with_context(|| format!("creating {}", overlay.display()))?;
+        for (check, body) in &v.health_checks {
+            let p = overlay.join("etc/otter/health.d").join(check);
+            std::fs::write(&p, format!("#!/bin/sh\n{body}\n"))
+                .with_context(|| format!("writing {}", p.display()))?;
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755))?;
+        }
+        let board_dir = workspace_root().join("boards");
+        let toml = format!(
+            r#"[image]
+name = "{name}"
+version = "{version}"
+board = "qemu-x86_64"
+
+[signing]
+key = "{key}"
+
+[kernel]
+cmdline = "{cmdline}"
+
+[rootfs]
+overlay = "overlay"
+root_authorized_keys = ["{ssh_pub}"]
+
+[health]
+deadline_secs = {deadline}
+units = ["ssh.service"]
+"#,
+            version = v.version,
+            key = self.dir.join("keys/otter-signing.key").display(),
+            cmdline = v.kernel_cmdline,
+            ssh_pub = self.ssh_key.with_extension("pub").display(),
+            deadline = if v.deadline_secs == 0 { 300 } else { v.deadline_secs },
+        );
+        std::fs::write(pdir.join("otter.toml"), toml)?;
+        // Boards are found next to the project or in its parents; link the repository's.
+        std::os::unix::fs::symlink(&board_dir, pdir.join("boards"))
+            .with_context(|| format!("linking boards into {}", pdir.display()))?;
+        run(Command::new(&self.otter)
+            .arg("build")
+            .arg("--config")
+            .arg(pdir.join("otter.toml"))
+            .arg("--out")
+            .arg(&self.out)
+            .arg("--otterd")
+            .arg(&self.otterd)
+            .arg("--cache")
+            .arg(&self.cache)
+            .arg("--no-compress"))?;
+        let stem = format!("{name}-{}-qemu-x86_64", v.version);
+        Ok(Release {
+            version: v.version.clone(),
+            image: self.out.join(format!("{stem}.img")),
+            bundle: self.out.join(format!("{stem}.otb")),
+        })
+    }
+}
+
+fn run(cmd: &mut Command) -> Result<String> {
+    let out = cmd
+        .output()
+        .with_context(|| format!("running {:?}", cmd.get_program()))?;
+    if !out.status.success() {
+        bail!(
+            "{:?} failed ({}):\n{}\n{}",
+            cmd,
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).to_string())
+}
+
+/// One device: a disk (qcow2 overlay over a built image) that is powered on and off.
+pub struct Device {
+    pub dir: PathBuf,
+    pub opts: VmOptions,
+    pub ssh: Ssh,
+    pub vm: Option<Vm>,
+}
+
+impl Device {
+    pub fn new(image: &Path, dir: &Path, ssh_key: &Path) -> Result<Device> {
+        std::fs::create_dir_all(dir)?;
+        let port = free_port();
+        let mut opts = VmOptions::new(image);
+        opts.ssh_port = Some(port);
+        opts.overlay = Some(dir.join("disk.qcow2"));
+        opts.memory_mib = 768;
+        Ok(Device {
+            dir: dir.to_path_buf(),
+            opts,
+            ssh: Ssh::new(port, ssh_key),
+            vm: None,
+        })
+    }
+
+    /// Power on and wait until SSH answers.
+    pub fn power_on(&mut self) -> Result<()> {
+        let vm = Vm::start(self.opts.clone(), &self.dir)?;
+        vm.wait_ssh_ready(&self.ssh, Duration::from_secs(600))
+            .context("waiting for the device to come up (SSH)")?;
+        self.vm = Some(vm);
+        Ok(())
+    }
+
+    /// Pull the plug (SIGKILL QEMU).
+    pub fn power_cut(&mut self) {
+        if let Some(vm) = self.vm.take() {
+            let _ = vm.kill();
+        }
+    }
+
+    pub fn vm(&self) -> Result<&Vm> {
+        self.vm.as_ref().context("the device is powered off")
+    }
+
+    pub fn sh(&self, cmd: &str) -> Result<String> {
+        self.ssh.run_ok(cmd)
+    }
+
+    pub fn boot_id(&self) -> Result<String> {
+        Ok(self.sh("cat /proc/sys/kernel/random/boot_id")?.trim().to_string())
+    }
+
+    pub fn status(&self) -> Result<Value> {
+        let text = self.sh("otterd status --json")?;
+        serde_json::from_str(&text).with_context(|| format!("parsing otterd status:\n{text}"))
+    }
+
+    /// Wait until the device has rebooted (a new boot id answers over SSH).
+    pub fn wait_rebooted(&self, old_boot_id: &str, timeout: Duration) -> Result<()> {
+        let start = Instant::now();
+        while start.elapsed() < timeout {
+            if let Some(vm) = &self.vm
+                && !vm.is_running()
+            {
+                bail!("QEMU exited while waiting for a reboot:\n{}", vm.serial_tail(60));
+            }
+            if let Ok(id) = self.boot_id()
+                && id != old_boot_id
+            {
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_secs(3));
+        }
+        let tail = self.vm.as_ref().map(|v| v.serial_tail(60)).unwrap_or_default();
+        bail!("the device did not come back within {timeout:?}; console:\n{tail}")
+    }
+
+    /// Poll `otterd status --json` until `pred` holds.
+    pub fn wait_status(
+        &self,
+        what: &str,
+        timeout: Duration,
+        pred: impl Fn(&Value) -> bool,
+    ) -> Result<Value> {
+        let start = Instant::now();
+        let mut last = Value::Null;
+        while start.elapsed() < timeout {
+            if let Ok(s) = self.status() {
+                if pred(&s) {
+                    return Ok(s);
+                }
+                last = s;
+            }
+            std::thread::sleep(Duration::from_secs(3));
+        }
+        let tail = self.vm.as_ref().map(|v| v.serial_tail(40)).unwrap_or_default();
+        bail!("timed out after {timeout:?} waiting for {what}; last status:\n{last:#}\nconsole:\n{tail}")
+    }
+
+    /// `otterd install URL --reboot`, then wait for the device to be back up.
+    pub fn install_and_reboot(&self, url: &str) -> Result<()> {
+        let before = self.boot_id()?;
+        // The SSH session may be cut by the reboot; the outcome is read from the status.
+        let out = self.ssh.run(&format!("otterd install {url} --reboot"))?;
+        if !out.status.success() {
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            if !stderr.contains("closed by remote host") && out.status.code() != Some(255) {
+                bail!("otterd install failed: {stderr}");
+            }
+        }
+        self.wait_rebooted(&before, Duration::from_secs(900))
+    }
+}
+
+/// `status.update.phase`, or "" when there is no update record.
+pub fn phase(s: &Value) -> &str {
+    s["update"]["phase"].as_str().unwrap_or("")
+}
+
+/// Serve `out` to guests over HTTP.
+pub fn serve(out: &Path) -> Result<HttpServer> {
+    HttpServer::serve_dir(out)
+}
+
+/// The URL a guest uses for a file served by `server`.
+pub fn guest_url(server: &HttpServer, file: &Path) -> String {
+    let name = file
+        .file_name()
+        .map(|n| n.to_string_lossy().to_string())
+        .unwrap_or_default();
+    server.guest_url(&name)
+}
