@@ -16,7 +16,9 @@ pub const MAX_TRIES: u8 = 3;
 pub const STATE_VARS: [&str; 5] = ["ORDER", "A_OK", "A_TRY", "B_OK", "B_TRY"];
 
 /// One of the two root filesystem slots.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
 pub enum Slot {
     A,
     B,

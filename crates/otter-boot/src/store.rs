@@ -129,26 +129,26 @@ impl GrubEnvStore {
     pub fn store(&self, s: &BootState) -> Result<()> {
         let block = s.to_env_block();
         let primary = self.primary_path();
-        match self.fault {
-            Fault::None => write_block(&primary, &block)?,
-            Fault::HangAfterPrimary => {
-                write_block(&primary, &block)?;
-                hang_forever();
-            }
-            Fault::TornPrimary => {
-                write_block(&primary, &torn_block(&primary, s))?;
-                hang_forever();
-            }
+        // One code path for production and faults, so the fault tests check the real order.
+        let first = match self.fault {
+            Fault::TornPrimary => torn_block(&primary, s),
+            Fault::None | Fault::HangAfterPrimary => block,
+        };
+        write_block(&primary, &first)?;
+        if self.fault != Fault::None {
+            hang_forever();
         }
         write_block(&self.backup_path(), &block)
     }
 
-    /// Rewrites an invalid primary from a valid backup. Returns where the state was found.
+    /// Makes both files hold the state [`load`](Self::load) finds: rewrites an invalid primary
+    /// from the backup, and a stale or invalid backup from the primary (files already right are
+    /// not written). Returns where the state was found. Ignores the fault hook.
     pub fn repair(&self) -> Result<LoadSource> {
         let (s, src) = self.load()?;
-        if src == LoadSource::Backup {
-            write_block(&self.primary_path(), &s.to_env_block())?;
-        }
+        let block = s.to_env_block();
+        write_block(&self.primary_path(), &block)?;
+        write_block(&self.backup_path(), &block)?;
         Ok(src)
     }
 }
@@ -305,6 +305,11 @@ mod tests {
         assert_eq!(st.repair().unwrap(), LoadSource::Backup);
         assert_eq!(st.load().unwrap(), (s, LoadSource::Primary));
         assert_eq!(st.repair().unwrap(), LoadSource::Primary);
+
+        // A stale backup (power cut after the primary) is brought up to date.
+        fs::write(st.backup_path(), BootState::factory().to_env_block()).unwrap();
+        assert_eq!(st.repair().unwrap(), LoadSource::Primary);
+        assert_eq!(fs::read(st.backup_path()).unwrap(), s.to_env_block());
 
         // A missing or truncated primary is re-created by the next store.
         for damage in [None, Some(100usize)] {

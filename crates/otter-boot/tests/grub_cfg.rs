@@ -1,5 +1,7 @@
 //! The generated grub.cfg and the GRUB image: content, syntax (grub-script-check), build.
 
+mod common;
+
 use std::process::Command;
 
 use otter_boot::{
@@ -143,7 +145,7 @@ fn slot_bootenv_round_trip_and_limits() {
 #[test]
 fn grub_script_check_accepts_the_script() {
     let Ok(out) = Command::new("grub-script-check").arg("--version").output() else {
-        eprintln!("SKIPPED: grub-script-check not installed (Debian package grub-common)");
+        common::skip("grub-script-check not installed (Debian package grub-common)");
         return;
     };
     assert!(out.status.success());
@@ -191,8 +193,8 @@ fn build_grub_efi_x86_64() {
         .is_ok()
         && std::path::Path::new("/usr/lib/grub/x86_64-efi/moddep.lst").is_file();
     if !have {
-        eprintln!(
-            "SKIPPED: grub-mkimage or /usr/lib/grub/x86_64-efi missing (Debian package grub-efi-amd64-bin)"
+        common::skip(
+            "grub-mkimage or /usr/lib/grub/x86_64-efi missing (Debian package grub-efi-amd64-bin)",
         );
         return;
     }

@@ -62,14 +62,6 @@ impl SigningKey {
         PublicKey(self.0.verifying_key())
     }
 
-    /// PKCS#8 PEM text of the secret key.
-    pub fn to_pem(&self) -> Result<String> {
-        self.0
-            .to_pkcs8_pem(LineEnding::LF)
-            .map(|z| z.to_string())
-            .map_err(|e| Error::Internal(format!("cannot encode secret key as PKCS#8: {e}")))
-    }
-
     pub(crate) fn sign_digest(&self, digest: &[u8; 32]) -> [u8; 64] {
         self.0.sign(digest).to_bytes()
     }

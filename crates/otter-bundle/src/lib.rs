@@ -40,8 +40,20 @@ pub const DEFAULT_CHUNK_SIZE: u32 = 256 * 1024;
 pub use create::{CreateOptions, DEFAULT_ZSTD_LEVEL, create_bundle};
 pub use error::{Error, Result};
 pub use format::SignatureEntry;
-pub use install::{InstallReport, Progress, sha256_file_prefix};
+pub use install::{InstallOptions, InstallReport, Progress, ReadBack, sha256_file_prefix};
 pub use keys::{PublicKey, SigningKey, generate_keypair, load_trusted_keys};
 pub use manifest::{Chunk, ImageEntry, Manifest};
 pub use reader::{BundleReader, InstallPolicy, VerifiedBundle};
 pub use source::{HTTP_MAX_RETRIES, PROGRESS_RESETS_RETRIES};
+
+#[cfg(test)]
+mod tests {
+    /// otterd runs installs on a worker thread and reports progress from another.
+    #[test]
+    fn bundles_can_move_between_threads() {
+        fn assert_send<T: Send>() {}
+        assert_send::<crate::BundleReader>();
+        assert_send::<crate::VerifiedBundle>();
+        assert_send::<crate::Error>();
+    }
+}

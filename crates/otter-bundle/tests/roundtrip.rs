@@ -252,3 +252,25 @@ fn policy_rules() {
     assert!(matches!(e, Error::Incompatible { .. }));
     assert!(e.to_string().contains("other-board") && e.to_string().contains(COMPAT));
 }
+
+#[test]
+fn page_cache_read_back_mode_installs_the_same_bytes() {
+    let f = Fixture::new();
+    let size = 900_000;
+    let (img, data) = f.write_image("rootfs.img", size, 9);
+    let (bundle, _) = f.bundle("os.otb", &img, "1.0.0", 65536);
+    let (slot, _) = f.slot("slot", size);
+    let mut v = BundleReader::open(bundle.to_str().unwrap())
+        .unwrap()
+        .verify(&f.trusted())
+        .unwrap();
+    let opts = InstallOptions {
+        read_back: ReadBack::PageCache,
+    };
+    let report = v
+        .install_image_with("rootfs", &slot, &opts, &mut |_| {})
+        .unwrap();
+    assert!(report.verify_seconds <= report.seconds);
+    assert!(fs::read(&slot).unwrap() == data);
+    assert_eq!(InstallOptions::default().read_back, ReadBack::Storage);
+}

@@ -200,7 +200,7 @@ pub fn build(p: &Project, o: &BuildOptions, log: &mut dyn FnMut(&str)) -> Result
         console_args: p.board.console.clone(),
         extra_cmdline: String::new(),
         timeout_secs: 0,
-    });
+    })?;
     let env = otter_boot::BootState::factory().to_env_block();
     let boot_files = vec![
         (

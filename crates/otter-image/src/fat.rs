@@ -62,6 +62,7 @@ pub fn make_fat(path: &Path, size: u64, label: &str, files: &[(String, Vec<u8>)]
             f.flush()
                 .map_err(|e| fat_err(format!("flushing {dest}: {e}")))?;
         }
+        drop(root);
         fs.unmount()
             .map_err(|e| fat_err(format!("closing filesystem: {e}")))?;
     }

@@ -39,7 +39,7 @@ pub enum ImageError {
     #[error("boot setup: {0}")]
     Boot(#[from] otter_boot::BootError),
     #[error("bundle: {0}")]
-    Bundle(#[from] otter_bundle::BundleError),
+    Bundle(#[from] otter_bundle::Error),
     #[error("GPT of {path}: {message}")]
     Gpt { path: PathBuf, message: String },
     #[error("FAT boot partition {path}: {message}")]

@@ -24,7 +24,8 @@ pub fn log(msg: &str) {
         && let Ok(mut k) = std::fs::OpenOptions::new().write(true).open("/dev/kmsg")
     {
         use std::io::Write;
-        let _ = writeln!(k, "otterd: {msg}");
+        // One write per record: each write(2) to /dev/kmsg is one kernel log line.
+        let _ = k.write_all(format!("otterd: {msg}\n").as_bytes());
     }
 }
 
