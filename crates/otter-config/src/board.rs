@@ -50,7 +50,9 @@ impl Board {
     /// (a project inside the Otter repository finds the repository's boards).
     pub fn find(name: &str, project_dir: &Path) -> Result<PathBuf, String> {
         if !is_simple_name(name) {
-            return Err(format!("board name `{name}` must be made of a-z, 0-9, - and _"));
+            return Err(format!(
+                "board name `{name}` must be made of a-z, 0-9, - and _"
+            ));
         }
         let mut dir = Some(project_dir);
         let mut tried = Vec::new();
@@ -62,13 +64,11 @@ impl Board {
             tried.push(candidate.display().to_string());
             dir = d.parent();
         }
-        for sys in ["/usr/share/otter/boards"] {
-            let candidate = Path::new(sys).join(format!("{name}.toml"));
-            if candidate.is_file() {
-                return Ok(candidate);
-            }
-            tried.push(candidate.display().to_string());
+        let candidate = Path::new("/usr/share/otter/boards").join(format!("{name}.toml"));
+        if candidate.is_file() {
+            return Ok(candidate);
         }
+        tried.push(candidate.display().to_string());
         Err(format!(
             "board `{name}` not found (looked for {})",
             tried.join(", ")
@@ -119,21 +119,31 @@ impl Board {
             ));
         }
         if self.kernel_package.trim().is_empty() {
-            return Err(ConfigError::invalid(path, "kernel_package", "must not be empty"));
+            return Err(ConfigError::invalid(
+                path,
+                "kernel_package",
+                "must not be empty",
+            ));
         }
         let p = &self.partitions;
         if p.boot.0 < 33 * ByteSize::MIB {
             return Err(ConfigError::invalid(
                 path,
                 "partitions.boot",
-                format!("{} is too small: the EFI system partition needs at least 33M", p.boot),
+                format!(
+                    "{} is too small: the EFI system partition needs at least 33M",
+                    p.boot
+                ),
             ));
         }
         if p.slot.0 < 128 * ByteSize::MIB {
             return Err(ConfigError::invalid(
                 path,
                 "partitions.slot",
-                format!("{} is too small for a root filesystem (at least 128M)", p.slot),
+                format!(
+                    "{} is too small for a root filesystem (at least 128M)",
+                    p.slot
+                ),
             ));
         }
         if p.data.0 < 16 * ByteSize::MIB {
@@ -152,7 +162,10 @@ impl Board {
                 return Err(ConfigError::invalid(
                     path,
                     key,
-                    format!("{} must be a whole number of MiB (partitions are 1 MiB aligned)", v),
+                    format!(
+                        "{} must be a whole number of MiB (partitions are 1 MiB aligned)",
+                        v
+                    ),
                 ));
             }
         }
@@ -203,7 +216,10 @@ data = "256M"
         let text = GOOD.replace("arch = \"amd64\"", "arch = \"amd64\"\nflavour = 1");
         let e = Board::load(&write(d.path(), "qemu-x86_64.toml", &text)).unwrap_err();
         let s = e.to_string();
-        assert!(s.contains("qemu-x86_64.toml") && s.contains("flavour"), "{s}");
+        assert!(
+            s.contains("qemu-x86_64.toml") && s.contains("flavour"),
+            "{s}"
+        );
     }
 
     #[test]
@@ -213,10 +229,18 @@ data = "256M"
             ("arch = \"amd64\"", "arch = \"mips\"", "arch"),
             ("slot = \"1G\"", "slot = \"1M\"", "partitions.slot"),
             ("boot = \"64M\"", "boot = \"64.5M\"", "partitions.boot"),
-            ("bootloader = \"grub-efi\"", "bootloader = \"lilo\"", "bootloader"),
+            (
+                "bootloader = \"grub-efi\"",
+                "bootloader = \"lilo\"",
+                "bootloader",
+            ),
         ] {
-            let e = Board::load(&write(d.path(), "qemu-x86_64.toml", &GOOD.replace(from, to)))
-                .unwrap_err();
+            let e = Board::load(&write(
+                d.path(),
+                "qemu-x86_64.toml",
+                &GOOD.replace(from, to),
+            ))
+            .unwrap_err();
             assert!(e.to_string().contains(&format!("`{key}`")), "{key}: {e}");
         }
         let e = Board::load(&write(

@@ -103,14 +103,20 @@ impl HealthConfig {
             return Err(ConfigError::invalid(
                 path,
                 &format!("{prefix}.deadline_secs"),
-                format!("{} must be between 10 and 86400 seconds", self.deadline_secs),
+                format!(
+                    "{} must be between 10 and 86400 seconds",
+                    self.deadline_secs
+                ),
             ));
         }
         if !(1..=3600).contains(&self.check_timeout_secs) {
             return Err(ConfigError::invalid(
                 path,
                 &format!("{prefix}.check_timeout_secs"),
-                format!("{} must be between 1 and 3600 seconds", self.check_timeout_secs),
+                format!(
+                    "{} must be between 1 and 3600 seconds",
+                    self.check_timeout_secs
+                ),
             ));
         }
         if !(1..=3).contains(&self.boot_tries) {
@@ -122,8 +128,7 @@ impl HealthConfig {
         }
         for u in &self.units {
             let ok = u.contains('.')
-                && u
-                    .chars()
+                && u.chars()
                     .all(|c| c.is_ascii_alphanumeric() || ":-_.@\\".contains(c));
             if !ok {
                 return Err(ConfigError::invalid(
@@ -166,8 +171,16 @@ mod tests {
         assert_eq!(c.health.boot_tries, 1);
         std::fs::write(&p, "[health]\nunits = [\"bad unit\"]\n").unwrap();
         let e = AgentConfig::load(&p).unwrap_err().to_string();
-        assert!(e.contains("health.units") && e.contains("agent.toml"), "{e}");
+        assert!(
+            e.contains("health.units") && e.contains("agent.toml"),
+            "{e}"
+        );
         std::fs::write(&p, "[health]\nboot_tries = 9\n").unwrap();
-        assert!(AgentConfig::load(&p).unwrap_err().to_string().contains("boot_tries"));
+        assert!(
+            AgentConfig::load(&p)
+                .unwrap_err()
+                .to_string()
+                .contains("boot_tries")
+        );
     }
 }

@@ -172,7 +172,10 @@ impl ProjectFile {
             return Err(ConfigError::invalid(
                 path,
                 "image.name",
-                format!("`{}` must be made of a-z, 0-9 and - (it names files)", img.name),
+                format!(
+                    "`{}` must be made of a-z, 0-9 and - (it names files)",
+                    img.name
+                ),
             ));
         }
         check_version(path, "image.version", &img.version)?;
@@ -190,7 +193,11 @@ impl ProjectFile {
         }
         let d = &self.debian;
         if d.suite.is_empty() || d.suite.contains(char::is_whitespace) {
-            return Err(ConfigError::invalid(path, "debian.suite", "must be one word like bookworm"));
+            return Err(ConfigError::invalid(
+                path,
+                "debian.suite",
+                "must be one word like bookworm",
+            ));
         }
         if !(d.mirror.starts_with("http://") || d.mirror.starts_with("https://")) {
             return Err(ConfigError::invalid(
@@ -286,13 +293,19 @@ units = ["ssh.service"]
         assert_eq!(pr.artifact_stem(), "demo-1.0.0-qemu-x86_64");
         assert_eq!(pr.file.debian.suite, "bookworm");
         assert_eq!(pr.file.health.deadline_secs, 120);
-        assert!(pr.resolve(&pr.file.signing.key).ends_with("proj/keys/otter-signing.key"));
+        assert!(
+            pr.resolve(&pr.file.signing.key)
+                .ends_with("proj/keys/otter-signing.key")
+        );
     }
 
     #[test]
     fn unknown_keys_are_named_with_the_file() {
         for (text, key) in [
-            (GOOD.replace("[debian]", "[debian]\nmirrors = []"), "mirrors"),
+            (
+                GOOD.replace("[debian]", "[debian]\nmirrors = []"),
+                "mirrors",
+            ),
             (GOOD.replace("[image]", "[image]\nflavor = \"x\""), "flavor"),
             (format!("{GOOD}\n[extras]\na = 1\n"), "extras"),
         ] {
@@ -308,8 +321,16 @@ units = ["ssh.service"]
             ("version = \"1.0.0\"", "version = \"one\"", "image.version"),
             ("name = \"demo\"", "name = \"Demo Box\"", "image.name"),
             ("board = \"qemu-x86_64\"", "board = \"nope\"", "image.board"),
-            ("packages = [\"curl\"]", "packages = [\"curl; rm\"]", "debian.packages"),
-            ("deadline_secs = 120", "deadline_secs = 0", "health.deadline_secs"),
+            (
+                "packages = [\"curl\"]",
+                "packages = [\"curl; rm\"]",
+                "debian.packages",
+            ),
+            (
+                "deadline_secs = 120",
+                "deadline_secs = 0",
+                "health.deadline_secs",
+            ),
         ] {
             let (_d, p) = setup(&GOOD.replace(from, to));
             let e = Project::load(&p).unwrap_err().to_string();

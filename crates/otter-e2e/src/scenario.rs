@@ -95,9 +95,13 @@ impl Workbench {
 
     /// Write the project for `v` and build it with `otter build`.
     pub fn build(&self, name: &str, v: &Variant) -> Result<Release> {
-        let pdir = self.dir.join("projects").join(format!("{name}-{}", v.version));
+        let pdir = self
+            .dir
+            .join("projects")
+            .join(format!("{name}-{}", v.version));
         if pdir.exists() {
-            std::fs::remove_dir_all(&pdir).with_context(|| format!("cleaning {}", pdir.display()))?;
+            std::fs::remove_dir_all(&pdir)
+                .with_context(|| format!("cleaning {}", pdir.display()))?;
         }
         let overlay = pdir.join("overlay");
         std::fs::create_dir_all(overlay.join("etc/otter/health.d"))
@@ -134,7 +138,11 @@ units = ["ssh.service"]
             key = self.dir.join("keys/otter-signing.key").display(),
             cmdline = v.kernel_cmdline,
             ssh_pub = self.ssh_key.with_extension("pub").display(),
-            deadline = if v.deadline_secs == 0 { 300 } else { v.deadline_secs },
+            deadline = if v.deadline_secs == 0 {
+                300
+            } else {
+                v.deadline_secs
+            },
         );
         std::fs::write(pdir.join("otter.toml"), toml)?;
         // Boards are found next to the project or in its parents; link the repository's.
@@ -225,7 +233,10 @@ impl Device {
     }
 
     pub fn boot_id(&self) -> Result<String> {
-        Ok(self.sh("cat /proc/sys/kernel/random/boot_id")?.trim().to_string())
+        Ok(self
+            .sh("cat /proc/sys/kernel/random/boot_id")?
+            .trim()
+            .to_string())
     }
 
     pub fn status(&self) -> Result<Value> {
@@ -240,7 +251,10 @@ impl Device {
             if let Some(vm) = &self.vm
                 && !vm.is_running()
             {
-                bail!("QEMU exited while waiting for a reboot:\n{}", vm.serial_tail(60));
+                bail!(
+                    "QEMU exited while waiting for a reboot:\n{}",
+                    vm.serial_tail(60)
+                );
             }
             if let Ok(id) = self.boot_id()
                 && id != old_boot_id
@@ -249,7 +263,11 @@ impl Device {
             }
             std::thread::sleep(Duration::from_secs(3));
         }
-        let tail = self.vm.as_ref().map(|v| v.serial_tail(60)).unwrap_or_default();
+        let tail = self
+            .vm
+            .as_ref()
+            .map(|v| v.serial_tail(60))
+            .unwrap_or_default();
         bail!("the device did not come back within {timeout:?}; console:\n{tail}")
     }
 
@@ -271,8 +289,14 @@ impl Device {
             }
             std::thread::sleep(Duration::from_secs(3));
         }
-        let tail = self.vm.as_ref().map(|v| v.serial_tail(40)).unwrap_or_default();
-        bail!("timed out after {timeout:?} waiting for {what}; last status:\n{last:#}\nconsole:\n{tail}")
+        let tail = self
+            .vm
+            .as_ref()
+            .map(|v| v.serial_tail(40))
+            .unwrap_or_default();
+        bail!(
+            "timed out after {timeout:?} waiting for {what}; last status:\n{last:#}\nconsole:\n{tail}"
+        )
     }
 
     /// `otterd install URL --reboot`, then wait for the device to be back up.

@@ -24,8 +24,20 @@ fn scenarios() -> Result<()> {
     let base = otter_e2e::test_dir("update")?;
     let wb = Workbench::new(&base.join("work"))?;
     let name = "e2e";
-    let v1 = wb.build(name, &Variant { version: "1.0.0".into(), ..Default::default() })?;
-    let v2 = wb.build(name, &Variant { version: "1.1.0".into(), ..Default::default() })?;
+    let v1 = wb.build(
+        name,
+        &Variant {
+            version: "1.0.0".into(),
+            ..Default::default()
+        },
+    )?;
+    let v2 = wb.build(
+        name,
+        &Variant {
+            version: "1.1.0".into(),
+            ..Default::default()
+        },
+    )?;
     let bad_boot = wb.build(
         name,
         &Variant {
@@ -65,7 +77,10 @@ fn scenarios() -> Result<()> {
     assert_eq!(s["version"], "1.1.0", "{s:#}");
     assert_eq!(s["trial"], false, "{s:#}");
     assert_eq!(s["slots"][1]["good"], true, "{s:#}");
-    assert_eq!(s["slots"][0]["good"], true, "old slot kept as fallback: {s:#}");
+    assert_eq!(
+        s["slots"][0]["good"], true,
+        "old slot kept as fallback: {s:#}"
+    );
     dev.power_cut();
 
     // (b) A release whose kernel cannot start init: back on A by itself, rollback recorded.
@@ -84,7 +99,10 @@ fn scenarios() -> Result<()> {
     assert_eq!(s["slots"][1]["good"], false, "{s:#}");
     assert_eq!(s["primary_slot"], "A", "{s:#}");
     let console = dev.vm()?.serial_log();
-    assert!(console.contains("Kernel panic"), "the bad slot was really tried");
+    assert!(
+        console.contains("Kernel panic"),
+        "the bad slot was really tried"
+    );
 
     // (c) A release whose health check fails: marked bad after the deadline, back on A.
     eprintln!("== (c) failing health check -> rollback");
@@ -110,7 +128,7 @@ fn scenarios() -> Result<()> {
         phase(s) == "installing" && s["update"]["progress"]["done_bytes"].as_u64().unwrap_or(0) > 0
     })?;
     dev.power_cut();
-    let _ = proc.kill();
+    proc.kill();
     http.set_throttle(None);
     dev.power_on()?;
     let s = dev.status()?;
@@ -118,7 +136,10 @@ fn scenarios() -> Result<()> {
     assert_eq!(s["version"], "1.0.0", "{s:#}");
     assert_eq!(phase(&s), "failed", "{s:#}");
     assert!(
-        s["update"]["reason"].as_str().unwrap_or("").contains("interrupted"),
+        s["update"]["reason"]
+            .as_str()
+            .unwrap_or("")
+            .contains("interrupted"),
         "{s:#}"
     );
 

@@ -212,7 +212,12 @@ pub fn build(p: &Project, o: &BuildOptions, log: &mut dyn FnMut(&str)) -> Result
         ("otter/grubenv.bak".to_string(), env.to_vec()),
     ];
     let boot_img = work.join("boot.vfat");
-    fat::make_fat(&boot_img, p.board.partitions.boot.0, "otter-boot", &boot_files)?;
+    fat::make_fat(
+        &boot_img,
+        p.board.partitions.boot.0,
+        "otter-boot",
+        &boot_files,
+    )?;
 
     // 5. Data partition.
     let data_tree = work.join("data");
@@ -284,7 +289,9 @@ pub fn build(p: &Project, o: &BuildOptions, log: &mut dyn FnMut(&str)) -> Result
         let zst = o.out_dir.join(format!("{stem}.img.zst"));
         log(&format!("compress: {}", zst.display()));
         compress(&image, &zst)?;
-        let size = std::fs::metadata(&zst).ctx(|| format!("stat {}", zst.display()))?.len();
+        let size = std::fs::metadata(&zst)
+            .ctx(|| format!("stat {}", zst.display()))?
+            .len();
         mark("compress", &mut timings);
         (Some(zst), Some(size))
     } else {
@@ -326,7 +333,9 @@ pub fn compress(src: &Path, dst: &Path) -> Result<()> {
         .ctx(|| "enabling zstd threads".to_string())?;
     std::io::copy(&mut BufReader::with_capacity(1 << 20, input), &mut enc)
         .ctx(|| format!("compressing {}", src.display()))?;
-    let w = enc.finish().ctx(|| format!("finishing {}", tmp.display()))?;
+    let w = enc
+        .finish()
+        .ctx(|| format!("finishing {}", tmp.display()))?;
     let f = w
         .into_inner()
         .map_err(|e| ImageError::Other(format!("flushing {}: {e}", tmp.display())))?;

@@ -42,7 +42,10 @@ pub fn image_size(parts: &[PartitionSpec]) -> u64 {
 
 /// A stable UUID derived from a name, so the same inputs give the same disk.
 pub fn stable_uuid(seed: &str) -> uuid::Uuid {
-    uuid::Uuid::new_v5(&uuid::Uuid::NAMESPACE_URL, format!("otter:{seed}").as_bytes())
+    uuid::Uuid::new_v5(
+        &uuid::Uuid::NAMESPACE_URL,
+        format!("otter:{seed}").as_bytes(),
+    )
 }
 
 /// Write a GPT disk image at `out` with `parts` in order (numbered from 1), 1 MiB aligned.
@@ -88,8 +91,12 @@ pub fn assemble(out: &Path, parts: &[PartitionSpec], disk_seed: &str) -> Result<
     let mut offset = MIB;
     for (i, p) in parts.iter().enumerate() {
         let number = i as u32 + 1;
-        let part_type = gpt::partition_types::Type::from_str(&p.type_guid)
-            .map_err(|e| gpt_err(format!("partition type {} of {}: {e}", p.type_guid, p.label)))?;
+        let part_type = gpt::partition_types::Type::from_str(&p.type_guid).map_err(|e| {
+            gpt_err(format!(
+                "partition type {} of {}: {e}",
+                p.type_guid, p.label
+            ))
+        })?;
         table.insert(
             number,
             gpt::partition::Partition {

@@ -77,16 +77,21 @@ pub fn read_file_at(image: &Path, offset: u64, size: u64, inner: &str) -> Result
     let file = std::fs::File::open(image).ctx(|| format!("opening {}", image.display()))?;
     let part = fscommon::StreamSlice::new(file, offset, offset + size)
         .ctx(|| format!("slicing the boot partition of {}", image.display()))?;
-    let fs = fatfs::FileSystem::new(part, fatfs::FsOptions::new()).map_err(|e| ImageError::Fat {
-        path: image.to_path_buf(),
-        message: format!("not a FAT filesystem at offset {offset}: {e}"),
-    })?;
-    let mut f = fs.root_dir().open_file(inner).map_err(|e| ImageError::Fat {
-        path: image.to_path_buf(),
-        message: format!("{inner}: {e}"),
-    })?;
+    let fs =
+        fatfs::FileSystem::new(part, fatfs::FsOptions::new()).map_err(|e| ImageError::Fat {
+            path: image.to_path_buf(),
+            message: format!("not a FAT filesystem at offset {offset}: {e}"),
+        })?;
+    let mut f = fs
+        .root_dir()
+        .open_file(inner)
+        .map_err(|e| ImageError::Fat {
+            path: image.to_path_buf(),
+            message: format!("{inner}: {e}"),
+        })?;
     let mut out = Vec::new();
-    f.read_to_end(&mut out).ctx(|| format!("reading {inner} from {}", image.display()))?;
+    f.read_to_end(&mut out)
+        .ctx(|| format!("reading {inner} from {}", image.display()))?;
     Ok(out)
 }
 
@@ -105,7 +110,10 @@ mod tests {
         make_fat(&p, 64 * 1024 * 1024, "otter-boot", &files).unwrap();
         let got = read_file_at(&p, 0, 64 * 1024 * 1024, "EFI/BOOT/BOOTX64.EFI").unwrap();
         assert_eq!(got, vec![7u8; 100_000]);
-        assert_eq!(read_file_at(&p, 0, 64 << 20, "otter/grubenv").unwrap(), b"hello");
+        assert_eq!(
+            read_file_at(&p, 0, 64 << 20, "otter/grubenv").unwrap(),
+            b"hello"
+        );
         assert!(read_file_at(&p, 0, 64 << 20, "missing").is_err());
     }
 

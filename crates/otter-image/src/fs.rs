@@ -68,7 +68,11 @@ pub fn make_ext4(out: &Path, size: u64, tree: &Path, o: &Ext4Options) -> Result<
         .arg(tree)
         .arg(out)
         .arg(format!("{}k", size / 1024));
-    run(&mut cmd, &format!("making ext4 filesystem {}", out.display()), "e2fsprogs")?;
+    run(
+        &mut cmd,
+        &format!("making ext4 filesystem {}", out.display()),
+        "e2fsprogs",
+    )?;
     Ok(())
 }
 

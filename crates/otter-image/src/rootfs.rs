@@ -116,7 +116,11 @@ pub fn base_tarball(
     for s in &recipe.extra_sources {
         cmd.arg(s);
     }
-    run(&mut cmd, "building the Debian base with mmdebstrap", "mmdebstrap")?;
+    run(
+        &mut cmd,
+        "building the Debian base with mmdebstrap",
+        "mmdebstrap",
+    )?;
     std::fs::rename(&partial, &path).ctx(|| format!("storing {}", path.display()))?;
     Ok((path, false))
 }
@@ -144,7 +148,11 @@ pub fn extract(tarball: &Path, tree: &Path) -> Result<()> {
         .arg(tarball)
         .arg("-C")
         .arg(tree);
-    run(&mut cmd, "extracting the base rootfs (this needs root)", "tar")?;
+    run(
+        &mut cmd,
+        "extracting the base rootfs (this needs root)",
+        "tar",
+    )?;
     Ok(())
 }
 
@@ -281,16 +289,41 @@ pub fn customise(tree: &Path, c: &Customisation) -> Result<()> {
     let otterd = std::fs::read(c.otterd)
         .ctx(|| format!("reading the otterd binary {}", c.otterd.display()))?;
     write(tree, "usr/bin/otterd", &otterd, 0o755)?;
-    write(tree, "usr/lib/otter/release.toml", c.release_toml.as_bytes(), 0o644)?;
-    write(tree, "usr/lib/otter/agent.toml", c.agent_toml.as_bytes(), 0o644)?;
+    write(
+        tree,
+        "usr/lib/otter/release.toml",
+        c.release_toml.as_bytes(),
+        0o644,
+    )?;
+    write(
+        tree,
+        "usr/lib/otter/agent.toml",
+        c.agent_toml.as_bytes(),
+        0o644,
+    )?;
     for (name, pem) in &c.trusted_keys {
-        write(tree, &format!("usr/lib/otter/keys/{name}"), pem.as_bytes(), 0o644)?;
+        write(
+            tree,
+            &format!("usr/lib/otter/keys/{name}"),
+            pem.as_bytes(),
+            0o644,
+        )?;
     }
     mkdir(tree, "etc/otter/health.d", 0o755)?;
 
     // Units.
-    write(tree, "usr/lib/systemd/system/otterd.service", OTTERD_SERVICE.as_bytes(), 0o644)?;
-    write(tree, "usr/lib/systemd/system/otter-health.target", HEALTH_TARGET.as_bytes(), 0o644)?;
+    write(
+        tree,
+        "usr/lib/systemd/system/otterd.service",
+        OTTERD_SERVICE.as_bytes(),
+        0o644,
+    )?;
+    write(
+        tree,
+        "usr/lib/systemd/system/otter-health.target",
+        HEALTH_TARGET.as_bytes(),
+        0o644,
+    )?;
     write(
         tree,
         "usr/lib/systemd/system/otter-ssh-keygen.service",
@@ -316,8 +349,18 @@ pub fn customise(tree: &Path, c: &Customisation) -> Result<()> {
         };
         link(tree, &format!("etc/systemd/system/{dir}/{unit}"), &target)?;
     }
-    write(tree, "etc/systemd/system.conf.d/otter-watchdog.conf", SYSTEM_CONF.as_bytes(), 0o644)?;
-    write(tree, "etc/systemd/network/50-otter-dhcp.network", NETWORK_DHCP.as_bytes(), 0o644)?;
+    write(
+        tree,
+        "etc/systemd/system.conf.d/otter-watchdog.conf",
+        SYSTEM_CONF.as_bytes(),
+        0o644,
+    )?;
+    write(
+        tree,
+        "etc/systemd/network/50-otter-dhcp.network",
+        NETWORK_DHCP.as_bytes(),
+        0o644,
+    )?;
 
     // Read-only root layout: /var and /home on the data partition, /tmp in RAM.
     write(tree, "etc/fstab", FSTAB.as_bytes(), 0o644)?;
@@ -326,7 +369,12 @@ pub fn customise(tree: &Path, c: &Customisation) -> Result<()> {
     // A fresh machine-id per device: empty on a read-only /etc makes systemd create one at
     // boot (persisting it belongs to first-boot provisioning).
     write(tree, "etc/machine-id", b"", 0o444)?;
-    write(tree, "etc/hostname", format!("{}\n", p.name()).as_bytes(), 0o644)?;
+    write(
+        tree,
+        "etc/hostname",
+        format!("{}\n", p.name()).as_bytes(),
+        0o644,
+    )?;
 
     // SSH: host keys are per device, never baked into the image.
     for entry in std::fs::read_dir(tree.join("etc/ssh")).ctx(|| "listing etc/ssh".to_string())? {
@@ -336,7 +384,12 @@ pub fn customise(tree: &Path, c: &Customisation) -> Result<()> {
                 .ctx(|| format!("removing {}", entry.path().display()))?;
         }
     }
-    write(tree, "etc/ssh/sshd_config.d/otter.conf", SSHD_CONF.as_bytes(), 0o644)?;
+    write(
+        tree,
+        "etc/ssh/sshd_config.d/otter.conf",
+        SSHD_CONF.as_bytes(),
+        0o644,
+    )?;
     if !p.file.rootfs.root_authorized_keys.is_empty() {
         let mut keys = String::new();
         for k in &p.file.rootfs.root_authorized_keys {

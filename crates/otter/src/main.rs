@@ -6,7 +6,11 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 #[derive(Parser)]
-#[command(name = "otter", version, about = "Build, sign and boot Otter OS images")]
+#[command(
+    name = "otter",
+    version,
+    about = "Build, sign and boot Otter OS images"
+)]
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
@@ -200,7 +204,11 @@ fn run(cli: Cli) -> Result<()> {
             if json {
                 println!("{}", serde_json::to_string_pretty(&result)?);
             } else {
-                println!("image   {} ({} MiB)", result.image.display(), result.image_size >> 20);
+                println!(
+                    "image   {} ({} MiB)",
+                    result.image.display(),
+                    result.image_size >> 20
+                );
                 if let (Some(z), Some(s)) = (&result.image_zst, result.image_zst_size) {
                     println!("        {} ({:.1} MiB)", z.display(), s as f64 / 1048576.0);
                 }
@@ -231,7 +239,10 @@ fn run(cli: Cli) -> Result<()> {
             accel,
         } => {
             if !image.is_file() {
-                bail!("{}: no such image (build one with `otter build`)", image.display());
+                bail!(
+                    "{}: no such image (build one with `otter build`)",
+                    image.display()
+                );
             }
             let mut o = otter_vm::VmOptions::new(&image);
             o.ssh_port = Some(ssh_port);

@@ -95,7 +95,10 @@ pub fn reconcile(paths: &Paths) -> Result<Situation> {
                     u.phase = Phase::RolledBack;
                     u.reason = Some(reason.clone());
                     u.updated_at = now();
-                    if boot.slot(u.slot).good || boot.slot(u.slot).tries > 0 || boot.primary() != booted {
+                    if boot.slot(u.slot).good
+                        || boot.slot(u.slot).tries > 0
+                        || boot.primary() != booted
+                    {
                         boot.mark_bad(u.slot);
                         boot_changed = true;
                     }
@@ -165,7 +168,10 @@ pub fn run_trial(paths: &Paths, slot: Slot) -> Result<HealthReport> {
             mark_unhealthy_and_reboot(paths, slot, &reason)?;
             return Ok(report);
         }
-        crate::notify::notify(&format!("STATUS=trial of slot {slot}: {}", report.failures.join("; ")));
+        crate::notify::notify(&format!(
+            "STATUS=trial of slot {slot}: {}",
+            report.failures.join("; ")
+        ));
         std::thread::sleep(Duration::from_secs(3));
     }
 }

@@ -41,11 +41,12 @@ pub fn check(paths: &Paths, cfg: &HealthConfig) -> HealthReport {
             Some(other) => failures.push(format!("systemd state is `{other}`")),
             None => failures.push("cannot run systemctl".to_string()),
         }
-        let mut units: Vec<String> = systemctl(&["show", "-p", "Wants", "--value", "otter-health.target"])
-            .unwrap_or_default()
-            .split_whitespace()
-            .map(str::to_string)
-            .collect();
+        let mut units: Vec<String> =
+            systemctl(&["show", "-p", "Wants", "--value", "otter-health.target"])
+                .unwrap_or_default()
+                .split_whitespace()
+                .map(str::to_string)
+                .collect();
         units.extend(cfg.units.iter().cloned());
         units.sort();
         units.dedup();
@@ -70,7 +71,10 @@ pub fn check(paths: &Paths, cfg: &HealthConfig) -> HealthReport {
     }
     let _ = std::fs::remove_file(&probe);
 
-    failures.extend(run_checks(paths, Duration::from_secs(cfg.check_timeout_secs)));
+    failures.extend(run_checks(
+        paths,
+        Duration::from_secs(cfg.check_timeout_secs),
+    ));
     HealthReport {
         healthy: failures.is_empty(),
         failures,
@@ -131,12 +135,23 @@ pub fn run_checks(paths: &Paths, timeout: Duration) -> Vec<String> {
         {
             let _ = o.read_to_string(&mut out);
         }
-        let tail: String = out.trim().lines().last().unwrap_or("").chars().take(200).collect();
+        let tail: String = out
+            .trim()
+            .lines()
+            .last()
+            .unwrap_or("")
+            .chars()
+            .take(200)
+            .collect();
         match status {
             Some(s) if s.success() => {}
             Some(s) => failures.push(format!(
                 "health check {name} failed ({s}){}",
-                if tail.is_empty() { String::new() } else { format!(": {tail}") }
+                if tail.is_empty() {
+                    String::new()
+                } else {
+                    format!(": {tail}")
+                }
             )),
             None => failures.push(format!(
                 "health check {name} did not finish within {}s",
@@ -165,11 +180,21 @@ mod tests {
         script(&paths.health_dir, "10-ok", "exit 0");
         std::fs::write(paths.health_dir.join("README"), "not executable").unwrap();
         assert!(run_checks(&paths, Duration::from_secs(5)).is_empty());
-        script(&paths.health_dir, "20-bad", "echo 'app not answering' >&2; exit 3");
+        script(
+            &paths.health_dir,
+            "20-bad",
+            "echo 'app not answering' >&2; exit 3",
+        );
         script(&paths.health_dir, "30-slow", "sleep 5");
         let f = run_checks(&paths, Duration::from_millis(500));
         assert_eq!(f.len(), 2, "{f:?}");
-        assert!(f[0].contains("20-bad") && f[0].contains("app not answering"), "{f:?}");
-        assert!(f[1].contains("30-slow") && f[1].contains("did not finish"), "{f:?}");
+        assert!(
+            f[0].contains("20-bad") && f[0].contains("app not answering"),
+            "{f:?}"
+        );
+        assert!(
+            f[1].contains("30-slow") && f[1].contains("did not finish"),
+            "{f:?}"
+        );
     }
 }

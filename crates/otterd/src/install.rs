@@ -117,8 +117,11 @@ pub fn install(
             }
             st.record("install_failed", &version, target, &reason);
             file.save(&st)?;
-            return Err(anyhow::Error::new(e)
-                .context(format!("installing {} into slot {target} ({})", o.source, device.display())));
+            return Err(anyhow::Error::new(e).context(format!(
+                "installing {} into slot {target} ({})",
+                o.source,
+                device.display()
+            )));
         }
     };
 

@@ -9,10 +9,10 @@
 pub mod agent;
 pub mod health;
 pub mod install;
+mod notify;
 pub mod paths;
 pub mod state;
 pub mod status;
-mod notify;
 
 pub use paths::Paths;
 

@@ -93,7 +93,7 @@ fn run(cli: Cli) -> Result<()> {
                         p.total_bytes >> 20
                     );
                     let _ = std::io::stderr().flush();
-                } else if pct % 10 == 0 {
+                } else if pct.is_multiple_of(10) {
                     eprintln!("installing: {pct}%");
                 }
             };

@@ -49,18 +49,18 @@ impl Paths {
 
     /// Every path below `r`, in test mode.
     pub fn under(r: &std::path::Path) -> Paths {
-                Paths {
-                    boot_state_dir: r.join("boot/efi/otter"),
-                    state_dir: r.join("var/lib/otter"),
-                    release: r.join("usr/lib/otter/release.toml"),
-                    agent_config: r.join("usr/lib/otter/agent.toml"),
-                    keys_dir: r.join("usr/lib/otter/keys"),
-                    health_dir: r.join("etc/otter/health.d"),
-                    cmdline: r.join("proc/cmdline"),
-                    slot_a: r.join("dev/otter-root-a"),
-                    slot_b: r.join("dev/otter-root-b"),
-                    test_mode: true,
-                }
+        Paths {
+            boot_state_dir: r.join("boot/efi/otter"),
+            state_dir: r.join("var/lib/otter"),
+            release: r.join("usr/lib/otter/release.toml"),
+            agent_config: r.join("usr/lib/otter/agent.toml"),
+            keys_dir: r.join("usr/lib/otter/keys"),
+            health_dir: r.join("etc/otter/health.d"),
+            cmdline: r.join("proc/cmdline"),
+            slot_a: r.join("dev/otter-root-a"),
+            slot_b: r.join("dev/otter-root-b"),
+            test_mode: true,
+        }
     }
 
     pub fn slot_device(&self, s: Slot) -> &PathBuf {

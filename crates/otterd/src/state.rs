@@ -164,8 +164,12 @@ impl StateFile {
 /// Read the state without locking (for `status`). A missing file is an empty state.
 pub fn read_state(path: &Path) -> Result<AgentState> {
     match std::fs::read(path) {
-        Ok(bytes) => serde_json::from_slice(&bytes)
-            .with_context(|| format!("{} is damaged; move it away to start afresh", path.display())),
+        Ok(bytes) => serde_json::from_slice(&bytes).with_context(|| {
+            format!(
+                "{} is damaged; move it away to start afresh",
+                path.display()
+            )
+        }),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(AgentState::default()),
         Err(e) => Err(e).with_context(|| format!("reading {}", path.display())),
     }

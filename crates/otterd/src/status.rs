@@ -98,7 +98,11 @@ pub fn render(s: &Status) -> String {
         "running   {} on slot {}{}\n",
         opt(&s.version),
         s.booted_slot.map(|x| x.to_string()).unwrap_or("?".into()),
-        if s.trial { " (on trial, not committed)" } else { "" }
+        if s.trial {
+            " (on trial, not committed)"
+        } else {
+            ""
+        }
     ));
     for sl in &s.slots {
         out.push_str(&format!(

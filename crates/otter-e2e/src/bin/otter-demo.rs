@@ -23,28 +23,57 @@ fn run() -> Result<()> {
     let t0 = Instant::now();
     let dir = otter_e2e::scenario::workspace_root().join("target/demo");
     let wb = Workbench::new(&dir)?;
-    say(t0, "building release 1.0.0 (the first build makes the Debian base: a few minutes)");
-    let v1 = wb.build("otter-demo", &Variant { version: "1.0.0".into(), ..Default::default() })?;
+    say(
+        t0,
+        "building release 1.0.0 (the first build makes the Debian base: a few minutes)",
+    );
+    let v1 = wb.build(
+        "otter-demo",
+        &Variant {
+            version: "1.0.0".into(),
+            ..Default::default()
+        },
+    )?;
     say(t0, &format!("image  {}", v1.image.display()));
     say(t0, "building release 1.1.0");
-    let v2 = wb.build("otter-demo", &Variant { version: "1.1.0".into(), ..Default::default() })?;
+    let v2 = wb.build(
+        "otter-demo",
+        &Variant {
+            version: "1.1.0".into(),
+            ..Default::default()
+        },
+    )?;
     say(t0, &format!("bundle {}", v2.bundle.display()));
 
     let http = serve(&wb.out)?;
     let mut dev = Device::new(&v1.image, &dir.join("device"), &wb.ssh_key)?;
     say(t0, "booting 1.0.0 in QEMU (UEFI, GRUB, slot A)");
     dev.power_on()?;
-    say(t0, &format!("device up; `otterd status`:\n{}", dev.sh("otterd status")?));
+    say(
+        t0,
+        &format!("device up; `otterd status`:\n{}", dev.sh("otterd status")?),
+    );
     let url = guest_url(&http, &v2.bundle);
     say(t0, &format!("on the device: otterd install {url} --reboot"));
     dev.install_and_reboot(&url)?;
-    say(t0, "rebooted into slot B; waiting for the health checks to commit 1.1.0");
-    dev.wait_status("1.1.0 committed", Duration::from_secs(600), |s| phase(s) == "committed")?;
-    say(t0, &format!("`otterd status`:\n{}", dev.sh("otterd status")?));
-    say(t0, &format!(
-        "done. Console log: {}",
-        dev.vm()?.serial_log_path().display()
-    ));
+    say(
+        t0,
+        "rebooted into slot B; waiting for the health checks to commit 1.1.0",
+    );
+    dev.wait_status("1.1.0 committed", Duration::from_secs(600), |s| {
+        phase(s) == "committed"
+    })?;
+    say(
+        t0,
+        &format!("`otterd status`:\n{}", dev.sh("otterd status")?),
+    );
+    say(
+        t0,
+        &format!(
+            "done. Console log: {}",
+            dev.vm()?.serial_log_path().display()
+        ),
+    );
     dev.power_cut();
     Ok(())
 }
