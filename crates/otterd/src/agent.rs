@@ -15,10 +15,11 @@ pub enum Situation {
     Normal { slot: Slot },
     /// Running a slot on trial: health decides commit or rollback.
     Trial { slot: Slot, version: String },
-    /// Back on the old slot after an update did not come up; recorded.
+    /// Back on the old slot (`slot`) after the update to `failed_version` did not come up
+    /// healthy; recorded.
     RolledBack {
         slot: Slot,
-        version: String,
+        failed_version: String,
         reason: String,
     },
 }
@@ -106,7 +107,7 @@ pub fn reconcile(paths: &Paths) -> Result<Situation> {
                     st.record("rolled_back", &version, slot, &reason);
                     situation = Situation::RolledBack {
                         slot: booted,
-                        version,
+                        failed_version: version,
                         reason,
                     };
                 }

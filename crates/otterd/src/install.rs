@@ -58,8 +58,18 @@ pub fn install(
         .with_context(|| format!("bundle {}", o.source))?;
     let manifest = bundle.manifest().clone();
     let version = manifest.version.clone();
-    if manifest.image("rootfs").is_none() {
+    let Some(image) = manifest.image("rootfs") else {
         bail!("bundle {} has no `rootfs` image", o.source);
+    };
+    let device = paths.slot_device(target).clone();
+    let capacity = slot_capacity(&device)?;
+    if image.size > capacity {
+        bail!(
+            "bundle {}: its root image is {} bytes but slot {target} ({}) holds only {capacity} bytes; nothing was written",
+            o.source,
+            image.size,
+            device.display()
+        );
     }
 
     let file = StateFile::lock(&paths.state_dir)?;
@@ -86,7 +96,6 @@ pub fn install(
     boot.mark_bad(target);
     store.store(&boot).context("marking the target slot bad")?;
 
-    let device = paths.slot_device(target).clone();
     let mut last_save = Instant::now();
     let mut progress_cb = |p: otter_bundle::Progress| {
         let pr = Progress {
@@ -156,4 +165,13 @@ pub fn install(
         bytes_fetched: report.bytes_fetched,
         seconds: report.seconds,
     })
+}
+
+/// Size of a slot: a block device's size, or a regular file's length (tests).
+fn slot_capacity(device: &std::path::Path) -> Result<u64> {
+    use std::io::{Seek, SeekFrom};
+    let mut f = std::fs::File::open(device)
+        .with_context(|| format!("opening slot {}", device.display()))?;
+    f.seek(SeekFrom::End(0))
+        .with_context(|| format!("finding the size of slot {}", device.display()))
 }
