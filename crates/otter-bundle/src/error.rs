@@ -138,13 +138,24 @@ pub enum Error {
     },
 
     #[error(
-        "image {image:?} chunk {index} (target offset {offset}) failed verification: {reason} (hint: the bundle is corrupt or was tampered with; the slot is now partly written and must not be booted; fetch the bundle again)"
+        "image {image:?} chunk {index} (image offset {offset}) failed verification: {reason} (hint: the bundle is corrupt or was tampered with; fetch the bundle again; if an install was running, the slot may be partly written and must not be booted)"
     )]
     ChunkInvalid {
         image: String,
         index: u64,
+        /// Byte offset of the chunk in the raw image, which is also its offset in the slot.
         offset: u64,
         reason: String,
+    },
+
+    #[error(
+        "bundle {source_name}: image {image:?} has sha256 {got}, but the manifest says {expected}, although every chunk matched its own hash (hint: the signed manifest is inconsistent: the bundle was built wrongly or altered before signing; do not install it, rebuild it)"
+    )]
+    ImageHashMismatch {
+        source_name: String,
+        image: String,
+        got: String,
+        expected: String,
     },
 
     #[error(

@@ -1,19 +1,16 @@
 //! Streaming an image from a verified bundle into a slot (block device or a file standing for one).
 //!
-//! Pipeline: a reader thread pulls the image's compressed bytes sequentially from the source,
-//! worker threads decompress and hash each chunk against the signed manifest, and the calling
-//! thread writes verified chunks at their offsets (positional writes, so order does not matter).
-//! Memory stays bounded by a few chunks; nothing is spooled to disk. After the last chunk the
+//! The chunks come verified from the pipeline in [`crate::stream`] (a reader thread, worker threads
+//! that decompress and hash each chunk against the signed manifest); the calling thread writes
+//! them at their offsets. Memory stays bounded by a few chunks; nothing is spooled to disk. After the last chunk the
 //! target is flushed, its page cache dropped, and the image read back and hashed whole.
 
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, Read, Seek, SeekFrom};
+use std::io::{self, Seek, SeekFrom};
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::{FileExt, FileTypeExt, OpenOptionsExt};
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::sync_channel;
-use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::Instant;
 
@@ -22,6 +19,7 @@ use sha2::{Digest, Sha256};
 use crate::error::{Error, Result};
 use crate::manifest::ImageEntry;
 use crate::reader::{BundleReader, VerifiedBundle};
+use crate::stream::{check_zero_chunks, stream_chunks};
 
 /// Reported after every chunk written and every block read back.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -170,30 +168,6 @@ fn install(
     })
 }
 
-/// A zero chunk is written without reading anything, so its hash must be checked up front.
-fn check_zero_chunks(entry: &ImageEntry) -> Result<()> {
-    let full = hex::encode(Sha256::digest(vec![0u8; entry.chunk_size as usize]));
-    for (index, c) in entry.chunks.iter().enumerate() {
-        if !c.is_zero() {
-            continue;
-        }
-        let expected = if c.size == entry.chunk_size {
-            full.clone()
-        } else {
-            hex::encode(Sha256::digest(vec![0u8; c.size as usize]))
-        };
-        if c.sha256 != expected {
-            return Err(Error::ChunkInvalid {
-                image: entry.name.clone(),
-                index: index as u64,
-                offset: entry.chunk_offset(index),
-                reason: "stored as all-zero (csize 0) but its sha256 is not that of zeros".into(),
-            });
-        }
-    }
-    Ok(())
-}
-
 /// Opens an existing block device or regular file for writing, without creating or truncating
 /// it, and returns it with its capacity.
 fn open_target(target: &Path) -> Result<(File, u64)> {
@@ -242,17 +216,7 @@ fn open_target(target: &Path) -> Result<(File, u64)> {
     Ok((file, capacity))
 }
 
-enum Work {
-    Data { index: usize, compressed: Vec<u8> },
-    Zero { index: usize },
-}
-
-enum Ready {
-    Data { index: usize, raw: Vec<u8> },
-    Zero { index: usize },
-}
-
-/// Returns the number of payload bytes fetched.
+/// Streams the verified chunks into `file`. Returns the number of payload bytes fetched.
 fn write_chunks(
     reader: &BundleReader,
     entry: &ImageEntry,
@@ -260,263 +224,25 @@ fn write_chunks(
     target: &Path,
     progress: &mut dyn FnMut(Progress),
 ) -> Result<u64> {
-    let manifest = reader.manifest();
-    let payload_size = manifest.payload_size();
-    let base = reader.payload_offset();
-    let mut stream = reader
-        .source
-        .range_reader(base + entry.payload_start(), base + entry.payload_end())?;
-    let source_name = reader.source_name();
-
-    let chunk_size = entry.chunk_size as usize;
-    // Bounded queues keep a handful of chunks in flight whatever the chunk size (≤ ~16 MiB).
-    let depth = (16 * 1024 * 1024 / chunk_size).clamp(1, 4);
-    let workers = thread::available_parallelism()
-        .map_or(2, |n| n.get())
-        .clamp(1, 4);
-
-    let abort = AtomicBool::new(false);
-    let fetched = AtomicU64::new(0);
-    let raw_pool: Mutex<Vec<Vec<u8>>> = Mutex::new(Vec::new());
-    let compressed_pool: Mutex<Vec<Vec<u8>>> = Mutex::new(Vec::new());
-    let (work_tx, work_rx) = sync_channel::<Work>(depth);
-    let work_rx = Arc::new(Mutex::new(work_rx));
-    let (ready_tx, ready_rx) = sync_channel::<Ready>(depth);
-    let zeros = vec![0u8; chunk_size];
     let total = entry.size;
-
-    thread::scope(|s| -> Result<u64> {
-        let (abort, fetched, raw_pool, compressed_pool) =
-            (&abort, &fetched, &raw_pool, &compressed_pool);
-
-        // Reader: sequential, so an HTTP source needs a single ranged GET (plus resumes).
-        let reader_thread = s.spawn(move || -> Result<()> {
-            let image_start = entry.payload_start();
-            let mut consumed = 0u64;
-            for (index, c) in entry.chunks.iter().enumerate() {
-                if abort.load(Ordering::Relaxed) {
-                    return Ok(());
-                }
-                let work = if c.is_zero() {
-                    Work::Zero { index }
-                } else {
-                    let mut buf = pop(compressed_pool).unwrap_or_default();
-                    buf.resize(c.csize as usize, 0);
-                    let n = read_full(&mut stream, &mut buf).map_err(|e| {
-                        abort.store(true, Ordering::Relaxed);
-                        match Error::from_io(e) {
-                            // The HTTP reader reports absolute offsets; report payload offsets.
-                            Ok(Error::Truncated { got, .. }) => Error::Truncated {
-                                source_name: source_name.clone(),
-                                expected: payload_size,
-                                got: got.saturating_sub(base),
-                            },
-                            Ok(other) => other,
-                            Err(e) => Error::SourceRead {
-                                source_name: source_name.clone(),
-                                offset: base + image_start + consumed,
-                                source: e,
-                            },
-                        }
-                    })?;
-                    if n < buf.len() {
-                        abort.store(true, Ordering::Relaxed);
-                        return Err(Error::Truncated {
-                            source_name: source_name.clone(),
-                            expected: payload_size,
-                            got: image_start + consumed + n as u64,
-                        });
-                    }
-                    consumed += c.csize;
-                    fetched.fetch_add(c.csize, Ordering::Relaxed);
-                    Work::Data {
-                        index,
-                        compressed: buf,
-                    }
-                };
-                if work_tx.send(work).is_err() {
-                    return Ok(()); // consumers stopped; they report why
-                }
-            }
-            Ok(())
+    let mut done = 0u64;
+    stream_chunks(reader, entry, &mut |chunk| {
+        let offset = entry.chunk_offset(chunk.index);
+        file.write_all_at(chunk.data, offset)
+            .map_err(|e| Error::Write {
+                target: target.to_owned(),
+                offset,
+                source: e,
+            })?;
+        done += chunk.data.len() as u64;
+        progress(Progress {
+            done_bytes: done,
+            total_bytes: total,
+            fetched_bytes: chunk.fetched,
+            verified_bytes: 0,
         });
-
-        // Workers: decompress and check every chunk before it may be written.
-        let mut worker_threads = Vec::with_capacity(workers);
-        for _ in 0..workers {
-            let work_rx = Arc::clone(&work_rx);
-            let ready_tx = ready_tx.clone();
-            worker_threads.push(s.spawn(move || -> Result<()> {
-                let mut dec = zstd::bulk::Decompressor::new()
-                    .map_err(|e| Error::Internal(format!("zstd init: {e}")))?;
-                loop {
-                    let job = match work_rx.lock() {
-                        Ok(rx) => rx.recv(),
-                        Err(_) => return Ok(()),
-                    };
-                    let Ok(job) = job else { return Ok(()) };
-                    if abort.load(Ordering::Relaxed) {
-                        return Ok(());
-                    }
-                    let ready = match job {
-                        Work::Zero { index } => Ready::Zero { index },
-                        Work::Data { index, compressed } => {
-                            let mut raw = pop(raw_pool).unwrap_or_default();
-                            let checked =
-                                decode_chunk(&mut dec, entry, index, &compressed, &mut raw);
-                            push(compressed_pool, compressed);
-                            if let Err(e) = checked {
-                                abort.store(true, Ordering::Relaxed);
-                                return Err(e);
-                            }
-                            Ready::Data { index, raw }
-                        }
-                    };
-                    if ready_tx.send(ready).is_err() {
-                        return Ok(());
-                    }
-                }
-            }));
-        }
-        drop(ready_tx);
-        drop(work_rx);
-
-        // Writer (this thread, so it can call `progress`).
-        let mut done = 0u64;
-        let mut written_chunks = 0usize;
-        let write_result = (|| -> Result<()> {
-            for ready in ready_rx.iter() {
-                if abort.load(Ordering::Relaxed) {
-                    return Ok(());
-                }
-                let (index, data): (usize, &[u8]) = match &ready {
-                    Ready::Data { index, raw } => (*index, raw),
-                    Ready::Zero { index } => (*index, &zeros[..entry.chunks[*index].size as usize]),
-                };
-                let offset = entry.chunk_offset(index);
-                file.write_all_at(data, offset).map_err(|e| Error::Write {
-                    target: target.to_owned(),
-                    offset,
-                    source: e,
-                })?;
-                done += data.len() as u64;
-                written_chunks += 1;
-                if let Ready::Data { raw, .. } = ready {
-                    push(raw_pool, raw);
-                }
-                progress(Progress {
-                    done_bytes: done,
-                    total_bytes: total,
-                    fetched_bytes: fetched.load(Ordering::Relaxed),
-                    verified_bytes: 0,
-                });
-            }
-            Ok(())
-        })();
-        if write_result.is_err() {
-            abort.store(true, Ordering::Relaxed);
-        }
-        // Unblocks workers (and through them the reader) if we stopped early.
-        drop(ready_rx);
-
-        let reader_result = reader_thread
-            .join()
-            .map_err(|_| Error::Internal("bundle reader thread panicked".into()))?;
-        let mut worker_error: Option<Error> = None;
-        for w in worker_threads {
-            let r = w
-                .join()
-                .map_err(|_| Error::Internal("chunk worker thread panicked".into()))?;
-            if let Err(e) = r {
-                // Name the lowest failing chunk when both workers found one.
-                let lower = match (&worker_error, &e) {
-                    (
-                        Some(Error::ChunkInvalid { index: old, .. }),
-                        Error::ChunkInvalid { index: new, .. },
-                    ) => new < old,
-                    (None, _) => true,
-                    _ => false,
-                };
-                if lower {
-                    worker_error = Some(e);
-                }
-            }
-        }
-        write_result?;
-        if let Some(e) = worker_error {
-            return Err(e);
-        }
-        reader_result?;
-        if written_chunks != entry.chunks.len() {
-            return Err(Error::Internal(format!(
-                "pipeline ended after {written_chunks} of {} chunks without an error",
-                entry.chunks.len()
-            )));
-        }
-        Ok(fetched.load(Ordering::Relaxed))
+        Ok(())
     })
-}
-
-/// Decompresses chunk `index` into `raw` and checks its length and hash against the manifest.
-fn decode_chunk(
-    dec: &mut zstd::bulk::Decompressor<'_>,
-    entry: &ImageEntry,
-    index: usize,
-    compressed: &[u8],
-    raw: &mut Vec<u8>,
-) -> Result<()> {
-    let c = &entry.chunks[index];
-    let invalid = |reason: String| Error::ChunkInvalid {
-        image: entry.name.clone(),
-        index: index as u64,
-        offset: entry.chunk_offset(index),
-        reason,
-    };
-    raw.clear();
-    // The capacity bounds the output: a frame that inflates beyond one chunk is an error, not
-    // an allocation.
-    raw.reserve_exact(entry.chunk_size as usize);
-    dec.decompress_to_buffer(compressed, raw)
-        .map_err(|e| invalid(format!("cannot decompress: {e}")))?;
-    if raw.len() != c.size as usize {
-        return Err(invalid(format!(
-            "decompressed to {} bytes, manifest says {}",
-            raw.len(),
-            c.size
-        )));
-    }
-    let got = hex::encode(Sha256::digest(&raw[..]));
-    if got != c.sha256 {
-        return Err(invalid(format!(
-            "sha256 {got} differs from the manifest's {}",
-            c.sha256
-        )));
-    }
-    Ok(())
-}
-
-fn pop(pool: &Mutex<Vec<Vec<u8>>>) -> Option<Vec<u8>> {
-    pool.lock().ok().and_then(|mut p| p.pop())
-}
-
-fn push(pool: &Mutex<Vec<Vec<u8>>>, buf: Vec<u8>) {
-    if let Ok(mut p) = pool.lock() {
-        p.push(buf);
-    }
-}
-
-/// Reads until `buf` is full or the stream ends; returns the bytes read.
-fn read_full(r: &mut dyn Read, buf: &mut [u8]) -> io::Result<usize> {
-    let mut done = 0;
-    while done < buf.len() {
-        match r.read(&mut buf[done..]) {
-            Ok(0) => break,
-            Ok(n) => done += n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(done)
 }
 
 /// After a whole-image mismatch: find the first chunk whose bytes on the target differ.

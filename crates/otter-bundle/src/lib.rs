@@ -22,6 +22,7 @@
 //! # let _ = report; Ok(()) }
 //! ```
 
+mod check;
 mod create;
 mod error;
 pub mod format;
@@ -30,6 +31,7 @@ pub mod keys;
 pub mod manifest;
 mod reader;
 mod source;
+mod stream;
 
 /// Version of the binary format written and read by this crate.
 pub const FORMAT_VERSION: u32 = 1;
@@ -37,6 +39,7 @@ pub const FORMAT_VERSION: u32 = 1;
 /// enough that a bit flip costs little to re-fetch and memory stays tiny.
 pub const DEFAULT_CHUNK_SIZE: u32 = 256 * 1024;
 
+pub use check::PayloadReport;
 pub use create::{CreateOptions, DEFAULT_ZSTD_LEVEL, create_bundle};
 pub use error::{Error, Result};
 pub use format::SignatureEntry;

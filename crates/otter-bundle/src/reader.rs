@@ -165,7 +165,8 @@ pub struct InstallPolicy {
 }
 
 /// A bundle whose manifest is signed by a trusted key. Its payload is trusted through the
-/// manifest's chunk hashes, which install checks chunk by chunk.
+/// manifest's chunk hashes, which install checks chunk by chunk, and
+/// [`VerifiedBundle::check_payload`] checks without installing.
 #[derive(Debug)]
 pub struct VerifiedBundle {
     pub(crate) reader: BundleReader,

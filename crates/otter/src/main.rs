@@ -2,7 +2,8 @@
 
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
-use std::path::{Path, PathBuf};
+use std::io::IsTerminal;
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 #[derive(Parser)]
@@ -108,7 +109,8 @@ enum BundleCmd {
         #[arg(long)]
         json: bool,
     },
-    /// Check a bundle's signature against trusted public keys.
+    /// Check a bundle's signature against trusted public keys, then every chunk and image hash
+    /// of its payload (nothing is written).
     Verify {
         bundle: String,
         /// Trusted public key files or directories of *.pub.
@@ -338,16 +340,39 @@ fn bundle(cmd: BundleCmd) -> Result<()> {
             let keys = load_trusted(&trusted)?;
             let r = otter_bundle::BundleReader::open(&bundle)?;
             let v = r.verify(&keys)?;
+            let checked = v.check_payload(&mut percent_on_terminal("verifying payload"));
+            clear_progress_line();
+            let report = checked.with_context(|| format!("checking the payload of {bundle}"))?;
             println!(
-                "{bundle}: signature OK ({} {} for {})",
-                Path::new(&bundle)
-                    .file_name()
-                    .map(|s| s.to_string_lossy().to_string())
-                    .unwrap_or_default(),
+                "{bundle}: signature OK (signed by {}), {} chunks of {} image(s) verified ({:.1} MiB, version {} for {})",
+                v.signer(),
+                report.chunks,
+                report.images,
+                report.bytes as f64 / 1048576.0,
                 v.manifest().version,
                 v.manifest().compatible
             );
             Ok(())
         }
+    }
+}
+
+/// A progress callback that shows "LABEL: N%" on stderr when it is a terminal. Call
+/// [`clear_progress_line`] when done.
+fn percent_on_terminal(label: &'static str) -> impl FnMut(u64, u64) {
+    let tty = std::io::stderr().is_terminal();
+    let mut shown = None;
+    move |done, total| {
+        let pct = done.saturating_mul(100).checked_div(total).unwrap_or(100);
+        if tty && shown != Some(pct) {
+            shown = Some(pct);
+            eprint!("\r{label}: {pct}%");
+        }
+    }
+}
+
+fn clear_progress_line() {
+    if std::io::stderr().is_terminal() {
+        eprint!("\r\x1b[K");
     }
 }
