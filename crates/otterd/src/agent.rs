@@ -88,8 +88,8 @@ pub fn reconcile(paths: &Paths) -> Result<Situation> {
                             u.slot, u.version
                         ),
                         _ => format!(
-                            "slot {} with {} was not committed (reset before the health checks passed); \
-                             the boot loader fell back to slot {booted}",
+                            "slot {} with {} was not committed (reset during its trial boot, before a commit \
+                             reached the boot state); the boot loader fell back to slot {booted}",
                             u.slot, u.version
                         ),
                     };
