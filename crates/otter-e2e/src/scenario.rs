@@ -10,7 +10,8 @@ use std::time::{Duration, Instant};
 
 /// The workspace root (this crate lives in `crates/otter-e2e`).
 pub fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    p.canonicalize().unwrap_or(p)
 }
 
 /// The release `otter` and `otterd` binaries: `$OTTER_BIN_DIR`, else `target/release`,

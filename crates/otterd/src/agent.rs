@@ -38,7 +38,26 @@ pub fn reconcile(paths: &Paths) -> Result<Situation> {
     let (booted, _try_flag) = paths.booted_slot()?;
     let release = ReleaseInfo::load(&paths.release)?;
     let store = paths.boot_store();
-    let (mut boot, _) = store.load().context("reading the boot state")?;
+    let mut boot = match store.load() {
+        Ok((b, otter_boot::LoadSource::Primary)) => b,
+        Ok((b, otter_boot::LoadSource::Backup)) => {
+            // A power cut tore the primary copy; GRUB used the backup too. Make both whole.
+            crate::log("boot state: primary copy invalid, repairing it from the backup");
+            store.repair().context("repairing the boot state")?;
+            b
+        }
+        Err(otter_boot::BootError::NoValidState { .. }) if paths.boot_state_dir.is_dir() => {
+            // Both copies lost: GRUB booted its built-in default. The running slot is the only
+            // one known to work.
+            crate::log(&format!(
+                "boot state: both copies invalid; rewriting it with slot {booted} as the only good slot"
+            ));
+            let b = otter_boot::BootState::recovered(booted);
+            store.store(&b).context("rewriting the boot state")?;
+            b
+        }
+        Err(e) => return Err(e).context("reading the boot state"),
+    };
     let file = StateFile::lock(&paths.state_dir)?;
     let mut st = file.load()?;
 

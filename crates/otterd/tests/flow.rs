@@ -321,3 +321,31 @@ fn interrupted_install_is_recorded_and_slot_stays_bad() {
     d.install(&good, false).unwrap();
     assert_eq!(d.boot().primary(), Slot::B);
 }
+
+#[test]
+fn damaged_boot_state_is_repaired_at_boot() {
+    let d = device();
+    let dir = &d.paths.boot_state_dir;
+    // Torn primary: the backup is used and the primary rewritten from it.
+    let mut p = std::fs::read(dir.join("grubenv")).unwrap();
+    p[30..60].fill(b'#');
+    p[0] = b'X';
+    std::fs::write(dir.join("grubenv"), &p).unwrap();
+    assert_eq!(
+        agent::reconcile(&d.paths).unwrap(),
+        Situation::Normal { slot: Slot::A }
+    );
+    let (_, src) = GrubEnvStore::new(dir).load().unwrap();
+    assert_eq!(src, otter_boot::LoadSource::Primary);
+    // Both copies gone bad: the running slot is recorded as the only good one.
+    for f in ["grubenv", "grubenv.bak"] {
+        std::fs::write(dir.join(f), vec![0u8; 1024]).unwrap();
+    }
+    assert_eq!(
+        agent::reconcile(&d.paths).unwrap(),
+        Situation::Normal { slot: Slot::A }
+    );
+    let s = d.boot();
+    assert_eq!(s.primary(), Slot::A);
+    assert!(s.a.good && !s.b.good);
+}
