@@ -67,6 +67,11 @@ fn run() -> Result<()> {
         t0,
         &format!("`otterd status`:\n{}", dev.sh("otterd status")?),
     );
+    let rss = dev.sh("ps -o rss= -C otterd | head -1")?;
+    say(
+        t0,
+        &format!("otterd daemon on the device: {} KiB resident", rss.trim()),
+    );
     say(
         t0,
         &format!(
