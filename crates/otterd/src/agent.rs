@@ -171,6 +171,7 @@ pub fn run_trial(paths: &Paths, slot: Slot) -> Result<HealthReport> {
     let started = std::time::Instant::now();
     let boot_time = uptime();
     loop {
+        crate::notify::heartbeat();
         let report = health::check(paths, &cfg);
         if report.healthy {
             crate::log(&format!("slot {slot} is healthy; committing"));
@@ -308,15 +309,9 @@ pub fn reboot(paths: &Paths) -> Result<()> {
 /// The long-running agent (systemd unit `otterd.service`).
 pub fn daemon(paths: &Paths) -> Result<()> {
     crate::notify::notify("READY=1");
-    if let Some(every) = crate::notify::watchdog_interval() {
-        std::thread::spawn(move || {
-            loop {
-                crate::notify::notify("WATCHDOG=1");
-                std::thread::sleep(every);
-            }
-        });
-    }
+    crate::notify::start_watchdog();
     let situation = loop {
+        crate::notify::heartbeat();
         match reconcile(paths) {
             Ok(s) => break s,
             Err(e) => {
@@ -351,6 +346,7 @@ pub fn daemon(paths: &Paths) -> Result<()> {
         }
     }
     loop {
-        std::thread::sleep(Duration::from_secs(3600));
+        crate::notify::heartbeat();
+        std::thread::sleep(Duration::from_secs(10));
     }
 }

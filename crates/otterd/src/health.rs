@@ -122,7 +122,10 @@ pub fn run_checks(paths: &Paths, timeout: Duration) -> Vec<String> {
                     let _ = child.wait();
                     break None;
                 }
-                Ok(None) => std::thread::sleep(Duration::from_millis(50)),
+                Ok(None) => {
+                    crate::notify::heartbeat();
+                    std::thread::sleep(Duration::from_millis(50))
+                }
                 Err(_) => break None,
             }
         };

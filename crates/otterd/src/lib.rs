@@ -9,7 +9,7 @@
 pub mod agent;
 pub mod health;
 pub mod install;
-mod notify;
+pub mod notify;
 pub mod paths;
 pub mod state;
 pub mod status;
