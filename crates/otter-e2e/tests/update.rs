@@ -81,6 +81,11 @@ fn scenarios() -> Result<()> {
         s["slots"][0]["good"], true,
         "old slot kept as fallback: {s:#}"
     );
+    // The agent runs under systemd's watchdog and was never restarted.
+    let restarts = dev.sh("systemctl show -p NRestarts --value otterd")?;
+    assert_eq!(restarts.trim(), "0", "otterd was restarted");
+    let watchdog = dev.sh("systemctl show -p WatchdogUSec --value otterd")?;
+    assert_eq!(watchdog.trim(), "1min", "otterd runs with a watchdog");
     dev.power_cut();
 
     // (b) A release whose kernel cannot start init: back on A by itself, rollback recorded.
