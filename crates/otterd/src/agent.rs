@@ -24,6 +24,28 @@ pub enum Situation {
     },
 }
 
+impl std::fmt::Display for Situation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Situation::Normal { slot } => write!(f, "running committed slot {slot}"),
+            Situation::Trial { slot, version } => {
+                write!(
+                    f,
+                    "trial boot of {version} in slot {slot}: running health checks"
+                )
+            }
+            Situation::RolledBack {
+                slot,
+                failed_version,
+                reason,
+            } => write!(
+                f,
+                "update to {failed_version} rolled back, running slot {slot}: {reason}"
+            ),
+        }
+    }
+}
+
 pub fn load_agent_config(paths: &Paths) -> Result<AgentConfig> {
     if paths.agent_config.exists() {
         Ok(AgentConfig::load(&paths.agent_config)?)
@@ -332,7 +354,7 @@ pub fn daemon(paths: &Paths) -> Result<()> {
             }
         }
     };
-    crate::log(&format!("{situation:?}"));
+    crate::log(&situation.to_string());
     match &situation {
         Situation::Trial { slot, .. } => {
             crate::notify::notify(&format!("STATUS=trial boot of slot {slot}"));
