@@ -186,11 +186,17 @@ fn run(cmd: &mut Command) -> Result<String> {
 }
 
 /// One device: a disk (qcow2 overlay over a built image) that is powered on and off.
+///
+/// QEMU runs with `-no-reboot`: a guest reboot (or a watchdog reset) ends the QEMU process and
+/// the device is powered on again from the same disk and UEFI variables, a cold boot. Warm
+/// resets under TCG occasionally hung in the firmware with no output; cold boots never did.
 pub struct Device {
     pub dir: PathBuf,
     pub opts: VmOptions,
     pub ssh: Ssh,
     pub vm: Option<Vm>,
+    /// Serial logs of every power-on of this device, oldest first.
+    pub logs: Vec<PathBuf>,
 }
 
 impl Device {
@@ -201,20 +207,47 @@ impl Device {
         opts.ssh_port = Some(port);
         opts.overlay = Some(dir.join("disk.qcow2"));
         opts.memory_mib = 768;
+        opts.no_reboot = true;
         Ok(Device {
             dir: dir.to_path_buf(),
             opts,
             ssh: Ssh::new(port, ssh_key),
             vm: None,
+            logs: Vec::new(),
         })
+    }
+
+    fn start(&mut self) -> Result<()> {
+        let vm = Vm::start(self.opts.clone(), &self.dir)?;
+        self.logs.push(vm.serial_log_path().to_path_buf());
+        self.vm = Some(vm);
+        Ok(())
     }
 
     /// Power on and wait until SSH answers.
     pub fn power_on(&mut self) -> Result<()> {
-        let vm = Vm::start(self.opts.clone(), &self.dir)?;
-        vm.wait_ssh_ready(&self.ssh, Duration::from_secs(600))
-            .context("waiting for the device to come up (SSH)")?;
-        self.vm = Some(vm);
+        self.start()?;
+        let start = Instant::now();
+        loop {
+            let vm = self.vm()?;
+            match vm.wait_ssh_ready(&self.ssh, Duration::from_secs(600)) {
+                Ok(()) => return Ok(()),
+                // The guest rebooted on its way up (e.g. a failed trial): power on again.
+                Err(_) if !vm.is_running() && start.elapsed() < Duration::from_secs(900) => {
+                    self.start()?
+                }
+                Err(e) => return Err(e.context("waiting for the device to come up (SSH)")),
+            }
+        }
+    }
+
+    /// If the guest rebooted (QEMU exited), power it on again, as a reset would.
+    pub fn keep_alive(&mut self) -> Result<()> {
+        if let Some(vm) = &self.vm
+            && !vm.is_running()
+        {
+            self.start()?;
+        }
         Ok(())
     }
 
@@ -227,6 +260,44 @@ impl Device {
 
     pub fn vm(&self) -> Result<&Vm> {
         self.vm.as_ref().context("the device is powered off")
+    }
+
+    /// Everything the device printed on its serial console, over all its power-ons.
+    pub fn console(&self) -> String {
+        self.logs
+            .iter()
+            .map(|p| String::from_utf8_lossy(&std::fs::read(p).unwrap_or_default()).to_string())
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
+    fn console_tail(&self, n: usize) -> String {
+        let all = self.console();
+        let lines: Vec<&str> = all.lines().collect();
+        lines[lines.len().saturating_sub(n)..].join("\n")
+    }
+
+    /// Wait until `needle` appears on the serial console after `from_bytes` of [`Self::console`]
+    /// (follows reboots).
+    pub fn wait_console(
+        &mut self,
+        needle: &str,
+        from_bytes: usize,
+        timeout: Duration,
+    ) -> Result<()> {
+        let start = Instant::now();
+        while start.elapsed() < timeout {
+            self.keep_alive()?;
+            let all = self.console();
+            if all.get(from_bytes..).is_some_and(|t| t.contains(needle)) {
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_secs(1));
+        }
+        bail!(
+            "`{needle}` did not appear on the console within {timeout:?}:\n{}",
+            self.console_tail(60)
+        )
     }
 
     pub fn sh(&self, cmd: &str) -> Result<String> {
@@ -246,17 +317,10 @@ impl Device {
     }
 
     /// Wait until the device has rebooted (a new boot id answers over SSH).
-    pub fn wait_rebooted(&self, old_boot_id: &str, timeout: Duration) -> Result<()> {
+    pub fn wait_rebooted(&mut self, old_boot_id: &str, timeout: Duration) -> Result<()> {
         let start = Instant::now();
         while start.elapsed() < timeout {
-            if let Some(vm) = &self.vm
-                && !vm.is_running()
-            {
-                bail!(
-                    "QEMU exited while waiting for a reboot:\n{}",
-                    vm.serial_tail(60)
-                );
-            }
+            self.keep_alive()?;
             if let Ok(id) = self.boot_id()
                 && id != old_boot_id
             {
@@ -264,17 +328,15 @@ impl Device {
             }
             std::thread::sleep(Duration::from_secs(3));
         }
-        let tail = self
-            .vm
-            .as_ref()
-            .map(|v| v.serial_tail(60))
-            .unwrap_or_default();
-        bail!("the device did not come back within {timeout:?}; console:\n{tail}")
+        bail!(
+            "the device did not come back within {timeout:?}; console:\n{}",
+            self.console_tail(60)
+        )
     }
 
-    /// Poll `otterd status --json` until `pred` holds.
+    /// Poll `otterd status --json` until `pred` holds (following reboots).
     pub fn wait_status(
-        &self,
+        &mut self,
         what: &str,
         timeout: Duration,
         pred: impl Fn(&Value) -> bool,
@@ -282,6 +344,7 @@ impl Device {
         let start = Instant::now();
         let mut last = Value::Null;
         while start.elapsed() < timeout {
+            self.keep_alive()?;
             if let Ok(s) = self.status() {
                 if pred(&s) {
                     return Ok(s);
@@ -290,18 +353,14 @@ impl Device {
             }
             std::thread::sleep(Duration::from_secs(3));
         }
-        let tail = self
-            .vm
-            .as_ref()
-            .map(|v| v.serial_tail(40))
-            .unwrap_or_default();
         bail!(
-            "timed out after {timeout:?} waiting for {what}; last status:\n{last:#}\nconsole:\n{tail}"
+            "timed out after {timeout:?} waiting for {what}; last status:\n{last:#}\nconsole:\n{}",
+            self.console_tail(40)
         )
     }
 
     /// `otterd install URL --reboot`, then wait for the device to be back up.
-    pub fn install_and_reboot(&self, url: &str) -> Result<()> {
+    pub fn install_and_reboot(&mut self, url: &str) -> Result<()> {
         let before = self.boot_id()?;
         // The SSH session may be cut by the reboot; the outcome is read from the status.
         let out = self.ssh.run(&format!("otterd install {url} --reboot"))?;

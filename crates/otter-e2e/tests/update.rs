@@ -103,7 +103,7 @@ fn scenarios() -> Result<()> {
     assert!(reason.contains("did not come up"), "reason: {reason}");
     assert_eq!(s["slots"][1]["good"], false, "{s:#}");
     assert_eq!(s["primary_slot"], "A", "{s:#}");
-    let console = dev.vm()?.serial_log();
+    let console = dev.console();
     assert!(
         console.contains("Kernel panic"),
         "the bad slot was really tried"
@@ -152,10 +152,12 @@ fn scenarios() -> Result<()> {
     eprintln!("== (d2) power cut during commit");
     dev.sh(&format!("otterd install {}", guest_url(&http, &v2.bundle)))?;
     dev.sh("echo commit:torn-primary > /var/lib/otter/fault && sync")?;
+    let mark = dev.console().len();
     let _ = dev.ssh.run("otterd reboot");
-    let vm = dev.vm()?;
-    vm.wait_for_serial("otterd: fault injected", Duration::from_secs(600))
+    dev.wait_console("otterd: fault injected", mark, Duration::from_secs(600))
         .context("waiting for the commit to reach the injected fault")?;
+    // The torn write happens right after the message; give it a moment, then pull the plug.
+    std::thread::sleep(Duration::from_secs(2));
     dev.power_cut();
     dev.power_on()?;
     let s = dev.status()?;

@@ -76,7 +76,10 @@ fn run() -> Result<()> {
         t0,
         &format!(
             "done. Console log: {}",
-            dev.vm()?.serial_log_path().display()
+            dev.logs
+                .last()
+                .map(|p| p.display().to_string())
+                .unwrap_or_default()
         ),
     );
     dev.power_cut();
