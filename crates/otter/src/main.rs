@@ -321,7 +321,7 @@ fn bundle(cmd: BundleCmd) -> Result<()> {
             println!("compatible  {}", m.compatible);
             println!("signed by   {}", r.signer_fingerprints().join(", "));
             for img in &m.images {
-                let zero = img.chunks.iter().filter(|c| c.csize == 0).count();
+                let zero = img.chunks.iter().filter(|c| c.is_zero()).count();
                 let stored: u64 = img.chunks.iter().map(|c| c.csize).sum();
                 println!(
                     "image       {}: {} bytes, sha256 {}, {} chunks of {} KiB ({} zero), {:.1} MiB stored",
