@@ -46,7 +46,12 @@ fn run() -> Result<()> {
     say(t0, &format!("bundle {}", v2.bundle.display()));
 
     let http = serve(&wb.out)?;
-    let mut dev = Device::new(&v1.image, &dir.join("device"), &wb.ssh_key)?;
+    // A new device each run: the previous run's disk already holds 1.1.0.
+    let device_dir = dir.join("device");
+    if device_dir.exists() {
+        std::fs::remove_dir_all(&device_dir)?;
+    }
+    let mut dev = Device::new(&v1.image, &device_dir, &wb.ssh_key)?;
     say(t0, "booting 1.0.0 in QEMU (UEFI, GRUB, slot A)");
     dev.power_on()?;
     say(
