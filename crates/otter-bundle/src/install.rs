@@ -168,9 +168,19 @@ fn install(
     })
 }
 
-/// Opens an existing block device or regular file for writing, without creating or truncating
-/// it, and returns it with its capacity.
-fn open_target(target: &Path) -> Result<(File, u64)> {
+/// Capacity of a slot (a block device's size, or a regular file's length), read without
+/// opening it for writing: lets a caller refuse an oversized image before changing any state.
+pub fn target_capacity(target: &Path) -> Result<u64> {
+    check_target_kind(target)?;
+    let mut file = File::open(target).map_err(|e| Error::io("cannot open target", target, e))?;
+    // Seeking to the end gives the size of block devices, whose metadata length is 0.
+    file.seek(SeekFrom::End(0))
+        .map_err(|e| Error::io("cannot get size of target", target, e))
+}
+
+/// Only block devices and regular files (tests) are targets; returns whether it is a block
+/// device.
+fn check_target_kind(target: &Path) -> Result<bool> {
     let meta = fs::metadata(target).map_err(|e| Error::io("cannot open target", target, e))?;
     let ft = meta.file_type();
     let is_block = ft.is_block_device();
@@ -191,6 +201,13 @@ fn open_target(target: &Path) -> Result<(File, u64)> {
             kind,
         });
     }
+    Ok(is_block)
+}
+
+/// Opens an existing block device or regular file for writing, without creating or truncating
+/// it, and returns it with its capacity.
+fn open_target(target: &Path) -> Result<(File, u64)> {
+    let is_block = check_target_kind(target)?;
     let mut opts = OpenOptions::new();
     opts.read(true).write(true);
     if is_block {

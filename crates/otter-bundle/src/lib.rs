@@ -43,7 +43,9 @@ pub use check::PayloadReport;
 pub use create::{CreateOptions, DEFAULT_ZSTD_LEVEL, create_bundle};
 pub use error::{Error, Result};
 pub use format::SignatureEntry;
-pub use install::{InstallOptions, InstallReport, Progress, ReadBack, sha256_file_prefix};
+pub use install::{
+    InstallOptions, InstallReport, Progress, ReadBack, sha256_file_prefix, target_capacity,
+};
 pub use keys::{PublicKey, SigningKey, generate_keypair, load_trusted_keys};
 pub use manifest::{Chunk, ImageEntry, Manifest};
 pub use reader::{BundleReader, InstallPolicy, VerifiedBundle};

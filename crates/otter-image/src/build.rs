@@ -66,8 +66,7 @@ fn trusted_keys(p: &Project) -> Result<Vec<(String, String)>> {
                 p.path.display()
             ))
         })?;
-        let pem = std::fs::read_to_string(&path).ctx(|| format!("reading {}", path.display()))?;
-        out.push((format!("{}.pub", key.fingerprint()), pem));
+        out.push((format!("{}.pub", key.fingerprint()), key.to_pem()?));
     }
     Ok(out)
 }

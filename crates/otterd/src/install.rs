@@ -62,7 +62,8 @@ pub fn install(
         bail!("bundle {} has no `rootfs` image", o.source);
     };
     let device = paths.slot_device(target).clone();
-    let capacity = slot_capacity(&device)?;
+    let capacity =
+        otter_bundle::target_capacity(&device).with_context(|| format!("slot {target}"))?;
     if image.size > capacity {
         bail!(
             "bundle {}: its root image is {} bytes but slot {target} ({}) holds only {capacity} bytes; nothing was written",
@@ -165,13 +166,4 @@ pub fn install(
         bytes_fetched: report.bytes_fetched,
         seconds: report.seconds,
     })
-}
-
-/// Size of a slot: a block device's size, or a regular file's length (tests).
-fn slot_capacity(device: &std::path::Path) -> Result<u64> {
-    use std::io::{Seek, SeekFrom};
-    let mut f = std::fs::File::open(device)
-        .with_context(|| format!("opening slot {}", device.display()))?;
-    f.seek(SeekFrom::End(0))
-        .with_context(|| format!("finding the size of slot {}", device.display()))
 }
