@@ -4,16 +4,19 @@
 //! * [`board`]: `boards/*.toml`, what a board needs (architecture, kernel, bootloader, partition sizes).
 //! * [`device`]: files baked into every image that the device agent reads: the release
 //!   description (`/usr/lib/otter/release.toml`) and the agent settings (`/usr/lib/otter/agent.toml`).
+//! * [`device_config`]: `otter/device.toml` on the boot partition, the per-device settings.
 //!
 //! Every parser rejects unknown keys and bad values with an error that names the file and the key.
 
 pub mod board;
 pub mod device;
+pub mod device_config;
 pub mod project;
 mod size;
 
 pub use board::Board;
 pub use device::{AgentConfig, HealthConfig, ReleaseInfo};
+pub use device_config::DeviceConfig;
 pub use project::Project;
 pub use size::{ByteSize, parse_size};
 

@@ -1,0 +1,737 @@
+//! The device config: `otter/device.toml` on the `otter-boot` partition.
+//!
+//! One file a user edits (or `otter configure` writes) to set up a device: hostname, users,
+//! SSH, network, time, logging, udev rules, CA certificates, the fleet server and health
+//! settings. `otterd` renders it into `/etc` at every boot (docs/device-config.md).
+//!
+//! Every key is optional; an empty file is a valid config (the image's defaults).
+
+use crate::{ByteSize, ConfigError, Result, parse_toml};
+use serde::{Deserialize, Serialize};
+use std::net::IpAddr;
+use std::path::Path;
+
+/// Where the device config lives inside the boot partition.
+pub const DEVICE_CONFIG_FAT_PATH: &str = "otter/device.toml";
+/// Where the boot partition is mounted on a device.
+pub const DEVICE_CONFIG_PATH: &str = "/boot/efi/otter/device.toml";
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct DeviceConfig {
+    /// The device's host name (RFC 1123 label).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hostname: Option<String>,
+    /// IANA time zone, e.g. `Europe/Berlin`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timezone: Option<String>,
+    /// ISO 3166 country code for the Wi-Fi regulatory domain, e.g. `DE`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub country: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub users: Vec<User>,
+    #[serde(default, skip_serializing_if = "Ssh::is_default")]
+    pub ssh: Ssh,
+    #[serde(default, skip_serializing_if = "Network::is_default")]
+    pub network: Network,
+    #[serde(default, skip_serializing_if = "Time::is_default")]
+    pub time: Time,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub logging: Option<Logging>,
+    /// udev rules, each the text of one rules file.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub udev_rules: Vec<String>,
+    /// Extra CA certificates (PEM) trusted by the device.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ca_certificates: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub server: Option<Server>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health: Option<DeviceHealth>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct User {
+    pub name: String,
+    /// A crypt(3) hash (`$6$…`, `$y$…`); `otter configure --password` makes one.
+    /// No hash: the account has no password (key-only login).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password_hash: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ssh_authorized_keys: Vec<String>,
+    /// Member of the `sudo` group (sudo without a password when the user has none).
+    #[serde(default)]
+    pub sudo: bool,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Ssh {
+    /// Allow password and root password login, and say so in a login banner.
+    #[serde(default)]
+    pub development_mode: bool,
+    /// Keys allowed to log in as root (in addition to those baked into the image).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub root_authorized_keys: Vec<String>,
+}
+
+impl Ssh {
+    fn is_default(&self) -> bool {
+        self == &Ssh::default()
+    }
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Network {
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub wifi: Vec<Wifi>,
+    /// Ethernet settings; none means DHCP on every Ethernet interface.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ethernet: Vec<Ethernet>,
+    /// DNS servers used for every connection.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub dns: Vec<IpAddr>,
+    /// HTTP(S) proxy for the system and the agent, e.g. `http://proxy.local:3128`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub proxy: Option<String>,
+    /// Hosts reached without the proxy.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub no_proxy: Vec<String>,
+}
+
+impl Network {
+    fn is_default(&self) -> bool {
+        self == &Network::default()
+    }
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Wifi {
+    pub ssid: String,
+    /// WPA2/WPA3 passphrase (8–63 characters) or 64 hex digits; none for an open network.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub psk: Option<String>,
+    #[serde(default)]
+    pub hidden: bool,
+    /// Higher is preferred when several networks are in range.
+    #[serde(default)]
+    pub priority: i32,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Ethernet {
+    /// Interface name (`eth0`, `enp0s2`); none means every Ethernet interface.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub interface: Option<String>,
+    /// Static addresses with prefix length (`192.168.1.20/24`); none means DHCP.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub addresses: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gateway: Option<IpAddr>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Time {
+    /// NTP servers (host names or addresses); none means the image's defaults.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ntp: Vec<String>,
+}
+
+impl Time {
+    fn is_default(&self) -> bool {
+        self == &Time::default()
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogStorage {
+    /// The journal lives on the data partition and survives reboots.
+    Persistent,
+    /// The journal lives in RAM only.
+    Volatile,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Logging {
+    pub storage: LogStorage,
+    /// Most space the journal may use (RAM for volatile, disk for persistent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_size: Option<ByteSize>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Server {
+    /// The fleet server, e.g. `https://otter.example.com`.
+    pub url: String,
+    /// Fleet enrollment key; none means the device waits as pending until accepted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub enrollment_key: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct DeviceHealth {
+    /// Overrides the image's health deadline (seconds after boot).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deadline_secs: Option<u64>,
+    /// Extra units that must be active.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub units: Vec<String>,
+    /// Extra commands (run with `/bin/sh -c`) that must exit 0.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub checks: Vec<String>,
+}
+
+impl DeviceConfig {
+    /// Parse and validate `text` (the content of `path`, used in error messages).
+    pub fn parse(path: &Path, text: &str) -> Result<DeviceConfig> {
+        let c: DeviceConfig = parse_toml(path, text)?;
+        c.validate(path)?;
+        Ok(c)
+    }
+
+    pub fn load(path: &Path) -> Result<DeviceConfig> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Self::parse(path, &text)
+    }
+
+    /// The TOML text of this config (validated configs round-trip through it).
+    pub fn to_toml(&self) -> String {
+        toml::to_string(self).unwrap_or_default()
+    }
+
+    /// Check every value; the error names `path` and the key.
+    pub fn validate(&self, path: &Path) -> Result<()> {
+        let bad = |key: &str, msg: String| Err(ConfigError::invalid(path, key, msg));
+        if let Some(h) = &self.hostname
+            && !is_hostname(h)
+        {
+            return bad(
+                "hostname",
+                format!(
+                    "`{h}` is not a host name: use 1–63 letters, digits and inner `-`, like gateway-17"
+                ),
+            );
+        }
+        if let Some(tz) = &self.timezone {
+            let ok = !tz.is_empty()
+                && !tz.starts_with('/')
+                && !tz.contains("..")
+                && tz
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "/_+-".contains(c));
+            if !ok {
+                return bad(
+                    "timezone",
+                    format!("`{tz}` is not a time zone name like Europe/Berlin or UTC"),
+                );
+            }
+        }
+        if let Some(cc) = &self.country
+            && !(cc.len() == 2 && cc.chars().all(|c| c.is_ascii_uppercase()) || cc == "00")
+        {
+            return bad(
+                "country",
+                format!("`{cc}` is not a two-letter ISO 3166 country code like DE or US"),
+            );
+        }
+        let mut names = std::collections::BTreeSet::new();
+        for (i, u) in self.users.iter().enumerate() {
+            let key = format!("users[{i}]");
+            if !is_user_name(&u.name) {
+                return bad(
+                    &format!("{key}.name"),
+                    format!(
+                        "`{}` is not a user name: start with a-z, then a-z, 0-9 or `-`, at most 32 characters",
+                        u.name
+                    ),
+                );
+            }
+            if RESERVED_USERS.contains(&u.name.as_str()) {
+                return bad(
+                    &format!("{key}.name"),
+                    format!(
+                        "`{}` is a system account; pick another name (root's keys go in ssh.root_authorized_keys)",
+                        u.name
+                    ),
+                );
+            }
+            if !names.insert(u.name.clone()) {
+                return bad(
+                    &format!("{key}.name"),
+                    format!("user `{}` is listed twice", u.name),
+                );
+            }
+            if let Some(h) = &u.password_hash
+                && !is_crypt_hash(h)
+            {
+                return bad(
+                    &format!("{key}.password_hash"),
+                    "is not a crypt(3) hash like $6$salt$hash or $y$…; make one with `otter configure --user NAME --password` (plain-text passwords are never stored)".into(),
+                );
+            }
+            for (j, k) in u.ssh_authorized_keys.iter().enumerate() {
+                if let Err(m) = check_ssh_key(k) {
+                    return bad(&format!("{key}.ssh_authorized_keys[{j}]"), m);
+                }
+            }
+        }
+        for (j, k) in self.ssh.root_authorized_keys.iter().enumerate() {
+            if let Err(m) = check_ssh_key(k) {
+                return bad(&format!("ssh.root_authorized_keys[{j}]"), m);
+            }
+        }
+        let mut ssids = std::collections::BTreeSet::new();
+        for (i, w) in self.network.wifi.iter().enumerate() {
+            let key = format!("network.wifi[{i}]");
+            if w.ssid.is_empty() || w.ssid.len() > 32 {
+                return bad(
+                    &format!("{key}.ssid"),
+                    format!("`{}` must be 1 to 32 bytes long", w.ssid),
+                );
+            }
+            if w.ssid.chars().any(|c| c.is_control()) {
+                return bad(&format!("{key}.ssid"), "contains control characters".into());
+            }
+            if !ssids.insert(w.ssid.clone()) {
+                return bad(
+                    &format!("{key}.ssid"),
+                    format!("network `{}` is listed twice", w.ssid),
+                );
+            }
+            if let Some(psk) = &w.psk {
+                let hex = psk.len() == 64 && psk.chars().all(|c| c.is_ascii_hexdigit());
+                let pass = (8..=63).contains(&psk.len())
+                    && psk.chars().all(|c| c.is_ascii() && !c.is_ascii_control());
+                if !hex && !pass {
+                    return bad(
+                        &format!("{key}.psk"),
+                        "must be a passphrase of 8 to 63 printable ASCII characters or 64 hex digits (leave it out for an open network)".into(),
+                    );
+                }
+            }
+        }
+        let mut ifaces = std::collections::BTreeSet::new();
+        for (i, e) in self.network.ethernet.iter().enumerate() {
+            let key = format!("network.ethernet[{i}]");
+            if let Some(n) = &e.interface {
+                let ok = !n.is_empty()
+                    && n.len() <= 15
+                    && n.chars()
+                        .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c));
+                if !ok {
+                    return bad(
+                        &format!("{key}.interface"),
+                        format!("`{n}` is not an interface name like eth0 or enp0s2"),
+                    );
+                }
+            }
+            if !ifaces.insert(e.interface.clone()) {
+                return bad(
+                    &format!("{key}.interface"),
+                    format!(
+                        "{} is configured twice",
+                        e.interface.as_deref().unwrap_or("the all-interfaces entry")
+                    ),
+                );
+            }
+            for (j, a) in e.addresses.iter().enumerate() {
+                if let Err(m) = parse_cidr(a) {
+                    return bad(&format!("{key}.addresses[{j}]"), m);
+                }
+            }
+            if e.gateway.is_some() && e.addresses.is_empty() {
+                return bad(
+                    &format!("{key}.gateway"),
+                    "a gateway needs static addresses; leave both out for DHCP".into(),
+                );
+            }
+        }
+        if let Some(p) = &self.network.proxy
+            && let Err(m) = check_url(p, &["http", "https", "socks5"])
+        {
+            return bad("network.proxy", m);
+        }
+        for (i, h) in self.network.no_proxy.iter().enumerate() {
+            if h.is_empty() || h.chars().any(|c| c.is_whitespace() || c == ',') {
+                return bad(
+                    &format!("network.no_proxy[{i}]"),
+                    format!("`{h}` is not a host name, domain or address"),
+                );
+            }
+        }
+        for (i, s) in self.time.ntp.iter().enumerate() {
+            if !is_host(s) {
+                return bad(
+                    &format!("time.ntp[{i}]"),
+                    format!("`{s}` is not a host name or address like pool.ntp.org"),
+                );
+            }
+        }
+        if let Some(l) = &self.logging
+            && let Some(m) = l.max_size
+            && m.0 < 1024 * 1024
+        {
+            return bad(
+                "logging.max_size",
+                format!("{} bytes is too small; use at least 1M", m.0),
+            );
+        }
+        for (i, r) in self.udev_rules.iter().enumerate() {
+            if r.trim().is_empty() {
+                return bad(&format!("udev_rules[{i}]"), "is empty".into());
+            }
+            if r.contains('\0') {
+                return bad(&format!("udev_rules[{i}]"), "contains a NUL byte".into());
+            }
+        }
+        for (i, c) in self.ca_certificates.iter().enumerate() {
+            let begins = c.matches("-----BEGIN CERTIFICATE-----").count();
+            let ends = c.matches("-----END CERTIFICATE-----").count();
+            if begins == 0 || begins != ends {
+                return bad(
+                    &format!("ca_certificates[{i}]"),
+                    "is not a PEM certificate (-----BEGIN CERTIFICATE----- … -----END CERTIFICATE-----)".into(),
+                );
+            }
+        }
+        if let Some(s) = &self.server {
+            if let Err(m) = check_url(&s.url, &["http", "https"]) {
+                return bad("server.url", m);
+            }
+            if let Some(k) = &s.enrollment_key
+                && (k.is_empty() || k.len() > 256 || k.chars().any(|c| !c.is_ascii_graphic()))
+            {
+                return bad(
+                    "server.enrollment_key",
+                    "must be 1 to 256 printable characters without spaces".into(),
+                );
+            }
+        }
+        if let Some(h) = &self.health {
+            if let Some(d) = h.deadline_secs
+                && !(10..=86400).contains(&d)
+            {
+                return bad(
+                    "health.deadline_secs",
+                    format!("{d} must be between 10 and 86400 seconds"),
+                );
+            }
+            for (i, u) in h.units.iter().enumerate() {
+                let ok = u.contains('.')
+                    && u.chars()
+                        .all(|c| c.is_ascii_alphanumeric() || ":-_.@\\".contains(c));
+                if !ok {
+                    return bad(
+                        &format!("health.units[{i}]"),
+                        format!("`{u}` is not a systemd unit name like ssh.service"),
+                    );
+                }
+            }
+            for (i, c) in h.checks.iter().enumerate() {
+                if c.trim().is_empty() {
+                    return bad(&format!("health.checks[{i}]"), "is empty".into());
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Accounts of the base system a device user must not take over.
+const RESERVED_USERS: &[&str] = &[
+    "root",
+    "daemon",
+    "bin",
+    "sys",
+    "sync",
+    "games",
+    "man",
+    "lp",
+    "mail",
+    "news",
+    "uucp",
+    "proxy",
+    "www-data",
+    "backup",
+    "list",
+    "irc",
+    "nobody",
+    "systemd-network",
+    "systemd-resolve",
+    "systemd-timesync",
+    "messagebus",
+    "sshd",
+    "_apt",
+];
+
+pub fn is_hostname(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 63
+        && !s.starts_with('-')
+        && !s.ends_with('-')
+        && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+}
+
+/// `^[a-z][-a-z0-9]*$`, at most 32 characters (useradd's limit).
+pub fn is_user_name(s: &str) -> bool {
+    let mut chars = s.chars();
+    s.len() <= 32
+        && chars.next().is_some_and(|c| c.is_ascii_lowercase())
+        && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+}
+
+/// A crypt(3) hash as /etc/shadow stores it: `$id$…` with no `:` or whitespace.
+pub fn is_crypt_hash(s: &str) -> bool {
+    let parts: Vec<&str> = s.split('$').collect();
+    s.starts_with('$')
+        && parts.len() >= 4
+        && ["1", "5", "6", "y", "gy", "7", "2a", "2b", "2y"].contains(&parts[1])
+        && !s.contains(':')
+        && !s.chars().any(|c| c.is_whitespace() || c.is_control())
+        && parts.last().is_some_and(|p| !p.is_empty())
+}
+
+/// An OpenSSH public key line: `type base64 [comment]`.
+pub fn check_ssh_key(k: &str) -> std::result::Result<(), String> {
+    const TYPES: &[&str] = &[
+        "ssh-ed25519",
+        "ssh-rsa",
+        "ecdsa-sha2-nistp256",
+        "ecdsa-sha2-nistp384",
+        "ecdsa-sha2-nistp521",
+        "sk-ssh-ed25519@openssh.com",
+        "sk-ecdsa-sha2-nistp256@openssh.com",
+    ];
+    if k.contains('\n') || k.contains('\r') {
+        return Err("must be one line (one key per list entry)".into());
+    }
+    let mut fields = k.split_whitespace();
+    let (Some(t), Some(b)) = (fields.next(), fields.next()) else {
+        return Err(format!(
+            "`{k}` is not an SSH public key line like `ssh-ed25519 AAAA… user@host`"
+        ));
+    };
+    if !TYPES.contains(&t) {
+        return Err(format!(
+            "unknown key type `{t}` (expected one of {})",
+            TYPES.join(", ")
+        ));
+    }
+    let b64ok = b.len() >= 16
+        && b.chars()
+            .all(|c| c.is_ascii_alphanumeric() || "+/=".contains(c));
+    if !b64ok {
+        return Err(format!("the key data of this {t} key is not base64"));
+    }
+    Ok(())
+}
+
+/// Parse `address/prefix`.
+pub fn parse_cidr(s: &str) -> std::result::Result<(IpAddr, u8), String> {
+    let msg = || format!("`{s}` is not an address with prefix length like 192.168.1.20/24");
+    let (a, p) = s.split_once('/').ok_or_else(msg)?;
+    let addr: IpAddr = a.parse().map_err(|_| msg())?;
+    let prefix: u8 = p.parse().map_err(|_| msg())?;
+    let max = if addr.is_ipv4() { 32 } else { 128 };
+    if prefix == 0 || prefix > max {
+        return Err(format!("`{s}`: prefix length must be 1 to {max}"));
+    }
+    Ok((addr, prefix))
+}
+
+/// A host name or IP address.
+pub fn is_host(s: &str) -> bool {
+    s.parse::<IpAddr>().is_ok()
+        || (!s.is_empty()
+            && s.len() <= 253
+            && s.split('.').all(|l| {
+                !l.is_empty() && l.len() <= 63 && !l.starts_with('-') && !l.ends_with('-')
+            })
+            && s.chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.'))
+}
+
+fn check_url(u: &str, schemes: &[&str]) -> std::result::Result<(), String> {
+    let Some((scheme, rest)) = u.split_once("://") else {
+        return Err(format!(
+            "`{u}` is not a URL like {}://host:port",
+            schemes[0]
+        ));
+    };
+    if !schemes.contains(&scheme) {
+        return Err(format!(
+            "`{u}`: scheme must be one of {}",
+            schemes.join(", ")
+        ));
+    }
+    let authority = rest.split('/').next().unwrap_or("");
+    let host = authority.rsplit('@').next().unwrap_or("");
+    let host = if let Some(h) = host.strip_prefix('[') {
+        h.split(']').next().unwrap_or("")
+    } else {
+        host.split(':').next().unwrap_or("")
+    };
+    if host.is_empty() || !(is_host(host) || host.parse::<IpAddr>().is_ok()) {
+        return Err(format!("`{u}` has no valid host"));
+    }
+    if u.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err(format!("`{u}` contains spaces"));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(t: &str) -> Result<DeviceConfig> {
+        DeviceConfig::parse(Path::new("device.toml"), t)
+    }
+
+    const FULL: &str = r#"
+hostname = "gateway-17"
+timezone = "Europe/Berlin"
+country = "DE"
+udev_rules = ['SUBSYSTEM=="tty", ATTRS{idVendor}=="0403", SYMLINK+="modem"']
+
+[[users]]
+name = "ops"
+password_hash = "$6$salt$abcdefghijklmnop"
+ssh_authorized_keys = ["ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOx ops@laptop"]
+sudo = true
+
+[ssh]
+development_mode = false
+
+[[network.wifi]]
+ssid = "Factory"
+psk = "correct horse"
+
+[[network.ethernet]]
+interface = "enp0s2"
+addresses = ["10.0.2.15/24"]
+gateway = "10.0.2.2"
+
+[network]
+dns = ["10.0.2.3", "2001:4860:4860::8888"]
+
+[time]
+ntp = ["10.0.2.2", "pool.ntp.org"]
+
+[logging]
+storage = "persistent"
+max_size = "64M"
+
+[server]
+url = "https://fleet.example.com:8443"
+enrollment_key = "abc123"
+
+[health]
+deadline_secs = 120
+checks = ["test -e /run/app.ok"]
+"#;
+
+    #[test]
+    fn full_config_round_trips() {
+        // [network] after [[network.wifi]] is not valid TOML; build the text the valid way.
+        let text = FULL.replace(
+            "\n[network]\ndns = [\"10.0.2.3\", \"2001:4860:4860::8888\"]\n",
+            "\n",
+        );
+        let text = text.replace(
+            "[[network.wifi]]",
+            "[network]\ndns = [\"10.0.2.3\", \"2001:4860:4860::8888\"]\n\n[[network.wifi]]",
+        );
+        let c = parse(&text).unwrap();
+        assert_eq!(c.hostname.as_deref(), Some("gateway-17"));
+        assert_eq!(c.users[0].name, "ops");
+        assert_eq!(c.network.dns.len(), 2);
+        assert_eq!(c.logging.as_ref().unwrap().storage, LogStorage::Persistent);
+        let back = parse(&c.to_toml()).unwrap();
+        assert_eq!(back, c);
+        assert_eq!(parse("").unwrap(), DeviceConfig::default());
+    }
+
+    #[test]
+    fn bad_values_name_the_key() {
+        let cases: &[(&str, &str)] = &[
+            ("hostname = \"-bad\"", "hostname"),
+            ("hostname = \"has space\"", "hostname"),
+            ("timezone = \"../etc\"", "timezone"),
+            ("country = \"de\"", "country"),
+            ("[[users]]\nname = \"Ops\"", "users[0].name"),
+            ("[[users]]\nname = \"root\"", "users[0].name"),
+            (
+                "[[users]]\nname = \"a\"\n[[users]]\nname = \"a\"",
+                "users[1].name",
+            ),
+            (
+                "[[users]]\nname = \"a\"\npassword_hash = \"hunter2\"",
+                "users[0].password_hash",
+            ),
+            (
+                "[[users]]\nname = \"a\"\nssh_authorized_keys = [\"ssh-foo AAAA\"]",
+                "users[0].ssh_authorized_keys[0]",
+            ),
+            (
+                "[ssh]\nroot_authorized_keys = [\"garbage\"]",
+                "ssh.root_authorized_keys[0]",
+            ),
+            (
+                "[[network.wifi]]\nssid = \"x\"\npsk = \"short\"",
+                "network.wifi[0].psk",
+            ),
+            ("[[network.wifi]]\nssid = \"\"", "network.wifi[0].ssid"),
+            (
+                "[[network.ethernet]]\naddresses = [\"10.0.0.1\"]",
+                "network.ethernet[0].addresses[0]",
+            ),
+            (
+                "[[network.ethernet]]\ngateway = \"10.0.0.1\"",
+                "network.ethernet[0].gateway",
+            ),
+            ("[network]\nproxy = \"proxy:3128\"", "network.proxy"),
+            ("[time]\nntp = [\"bad host\"]", "time.ntp[0]"),
+            (
+                "[logging]\nstorage = \"volatile\"\nmax_size = \"1K\"",
+                "logging.max_size",
+            ),
+            ("ca_certificates = [\"nope\"]", "ca_certificates[0]"),
+            ("[server]\nurl = \"ftp://x\"", "server.url"),
+            ("[health]\ndeadline_secs = 1", "health.deadline_secs"),
+        ];
+        for (text, key) in cases {
+            let e = parse(text).unwrap_err().to_string();
+            assert!(
+                e.contains(&format!("`{key}`")) && e.contains("device.toml"),
+                "{text:?}: {e}"
+            );
+        }
+    }
+
+    #[test]
+    fn unknown_keys_and_types_are_errors() {
+        let e = parse("hostnme = \"x\"").unwrap_err().to_string();
+        assert!(e.contains("hostnme") && e.contains("device.toml"), "{e}");
+        let e = parse("[logging]\nstorage = \"disk\"")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("disk"), "{e}");
+        let e = parse("[network]\ndns = [\"not-an-ip\"]")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("dns"), "{e}");
+    }
+}
