@@ -141,7 +141,12 @@ pub fn build(p: &Project, o: &BuildOptions, log: &mut dyn FnMut(&str)) -> Result
             trusted_keys: trusted,
             release_toml: release.to_toml(),
             agent_toml: agent.to_toml(),
-            slot_bootenv: otter_boot::slot_bootenv(&p.file.kernel.cmdline)?.to_vec(),
+            // The slot's own init: otterd provisions /etc from the device config, then starts
+            // systemd (per slot, so a release without it still boots as it was built).
+            slot_bootenv: otter_boot::slot_bootenv(
+                format!("{} {}", rootfs::INIT_ARG, p.file.kernel.cmdline).trim(),
+            )?
+            .to_vec(),
         },
     )?;
     mark("customise", &mut timings);

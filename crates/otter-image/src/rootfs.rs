@@ -10,7 +10,10 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 /// Bump when the way the base is made changes, so old caches are not reused.
-const RECIPE_VERSION: &str = "otter-rootfs-2";
+const RECIPE_VERSION: &str = "otter-rootfs-3";
+
+/// Kernel argument that makes `otterd` the first process (it provisions, then starts systemd).
+pub const INIT_ARG: &str = "init=/usr/lib/otter/init";
 
 /// Packages every Otter root has, on top of mmdebstrap's minbase.
 pub const BASE_PACKAGES: &[&str] = &[
@@ -29,6 +32,12 @@ pub const BASE_PACKAGES: &[&str] = &[
     "procps",
     "e2fsprogs",
     "less",
+    // Device config (otter/device.toml): networking, users, time.
+    "network-manager",
+    "wpasupplicant",
+    "sudo",
+    "systemd-timesyncd",
+    "tzdata",
 ];
 
 /// What mmdebstrap is asked for; its hash names the cache entry.
@@ -261,17 +270,36 @@ const SSHD_CONF: &str = "\
 HostKey /var/lib/otter/ssh/etc/ssh/ssh_host_ed25519_key
 HostKey /var/lib/otter/ssh/etc/ssh/ssh_host_ecdsa_key
 HostKey /var/lib/otter/ssh/etc/ssh/ssh_host_rsa_key
+# Keys from the device config (otter/device.toml) are rendered under /etc/otter.
+AuthorizedKeysFile .ssh/authorized_keys /etc/otter/authorized_keys/%u
 PasswordAuthentication no
 KbdInteractiveAuthentication no
 PermitRootLogin prohibit-password
 ";
 
-const NETWORK_DHCP: &str = "\
-[Match]
-Name=en* eth*
+const CONFIG_PATH_UNIT: &str = "\
+[Unit]
+Description=Apply otter/device.toml when it changes
+Documentation=https://github.com/otter-os/otter
+RequiresMountsFor=/boot/efi
 
-[Network]
-DHCP=yes
+[Path]
+PathChanged=/boot/efi/otter/device.toml
+Unit=otter-config.service
+
+[Install]
+WantedBy=multi-user.target
+";
+
+const CONFIG_SERVICE: &str = "\
+[Unit]
+Description=Apply the device config (otter/device.toml)
+Documentation=https://github.com/otter-os/otter
+RequiresMountsFor=/boot/efi /data
+
+[Service]
+Type=oneshot
+ExecStart=/usr/bin/otterd config apply
 ";
 
 const SYSTEM_CONF: &str = "\
@@ -330,10 +358,25 @@ pub fn customise(tree: &Path, c: &Customisation) -> Result<()> {
         SSH_KEYGEN_SERVICE.as_bytes(),
         0o644,
     )?;
+    write(
+        tree,
+        "usr/lib/systemd/system/otter-config.path",
+        CONFIG_PATH_UNIT.as_bytes(),
+        0o644,
+    )?;
+    write(
+        tree,
+        "usr/lib/systemd/system/otter-config.service",
+        CONFIG_SERVICE.as_bytes(),
+        0o644,
+    )?;
+    link(tree, "usr/lib/otter/init", "/usr/bin/otterd")?;
     let wants = [
         ("multi-user.target.wants", "otterd.service"),
-        ("multi-user.target.wants", "systemd-networkd.service"),
+        ("multi-user.target.wants", "otter-config.path"),
+        ("multi-user.target.wants", "NetworkManager.service"),
         ("multi-user.target.wants", "systemd-resolved.service"),
+        ("multi-user.target.wants", "systemd-timesyncd.service"),
         ("ssh.service.wants", "otter-ssh-keygen.service"),
         ("otter-health.target.wants", "ssh.service"),
     ];
@@ -353,12 +396,6 @@ pub fn customise(tree: &Path, c: &Customisation) -> Result<()> {
         tree,
         "etc/systemd/system.conf.d/otter-watchdog.conf",
         SYSTEM_CONF.as_bytes(),
-        0o644,
-    )?;
-    write(
-        tree,
-        "etc/systemd/network/50-otter-dhcp.network",
-        NETWORK_DHCP.as_bytes(),
         0o644,
     )?;
 

@@ -46,12 +46,24 @@ impl std::fmt::Display for Situation {
     }
 }
 
+/// The image's agent settings, with the device config's `[health]` overrides applied.
 pub fn load_agent_config(paths: &Paths) -> Result<AgentConfig> {
-    if paths.agent_config.exists() {
-        Ok(AgentConfig::load(&paths.agent_config)?)
+    let mut c = if paths.agent_config.exists() {
+        AgentConfig::load(&paths.agent_config)?
     } else {
-        Ok(AgentConfig::default())
+        AgentConfig::default()
+    };
+    if let Some(h) = crate::provision::effective_config(paths).health {
+        if let Some(d) = h.deadline_secs {
+            c.health.deadline_secs = d;
+        }
+        for u in h.units {
+            if !c.health.units.contains(&u) {
+                c.health.units.push(u);
+            }
+        }
     }
+    Ok(c)
 }
 
 /// Work out what this boot is, record what happened since the last one, and repair the
@@ -367,8 +379,40 @@ pub fn daemon(paths: &Paths) -> Result<()> {
             crate::notify::notify(&format!("STATUS=running slot {slot}"));
         }
     }
+    // The clock chain's "last saved clock": hourly and at shutdown, so a device without an
+    // RTC never starts further back than its last run.
+    stop_on_sigterm();
+    crate::provision::preinit::save_clock(paths);
+    let mut last_save = std::time::Instant::now();
     loop {
         crate::notify::heartbeat();
-        std::thread::sleep(Duration::from_secs(10));
+        for _ in 0..10 {
+            if STOP.load(std::sync::atomic::Ordering::SeqCst) {
+                crate::provision::preinit::save_clock(paths);
+                crate::notify::notify("STOPPING=1");
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_secs(1));
+        }
+        if last_save.elapsed() > Duration::from_secs(3600) {
+            crate::provision::preinit::save_clock(paths);
+            last_save = std::time::Instant::now();
+        }
+    }
+}
+
+static STOP: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+extern "C" fn on_sigterm(_: libc::c_int) {
+    STOP.store(true, std::sync::atomic::Ordering::SeqCst);
+}
+
+fn stop_on_sigterm() {
+    // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
+    unsafe {
+        libc::signal(
+            libc::SIGTERM,
+            on_sigterm as extern "C" fn(libc::c_int) as libc::sighandler_t,
+        );
     }
 }

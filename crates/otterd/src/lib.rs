@@ -5,12 +5,14 @@
 //! * [`install`]: install a signed bundle into the other slot and arm a trial boot.
 //! * [`state`]: the agent's record of updates, kept on the data partition.
 //! * [`health`]: the health checks.
+//! * [`provision`]: the device config rendered into `/etc`, at boot and at runtime.
 
 pub mod agent;
 pub mod health;
 pub mod install;
 pub mod notify;
 pub mod paths;
+pub mod provision;
 pub mod state;
 pub mod status;
 

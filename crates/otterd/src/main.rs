@@ -2,7 +2,7 @@
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
-use otterd::{Paths, agent, install, status};
+use otterd::{Paths, agent, install, provision, status};
 use std::io::{IsTerminal, Write};
 use std::process::ExitCode;
 
@@ -50,9 +50,38 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// The device config (otter/device.toml on the boot partition).
+    #[command(subcommand)]
+    Config(ConfigCmd),
+    /// Early-boot provisioning (run by /usr/lib/otter/init before systemd).
+    #[command(hide = true)]
+    Preinit,
+}
+
+#[derive(Subcommand)]
+enum ConfigCmd {
+    /// Re-read otter/device.toml and apply it now, restarting only what changed.
+    Apply {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show the config in effect and how the last apply went.
+    Show {
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 fn main() -> ExitCode {
+    // Started by the kernel as init (/usr/lib/otter/init -> otterd): provision, then systemd.
+    let args: Vec<String> = std::env::args().collect();
+    let argv0 = args
+        .first()
+        .map(|a| a.rsplit('/').next().unwrap_or(a))
+        .unwrap_or("");
+    if argv0 == "init" || std::process::id() == 1 {
+        otterd::provision::preinit::run_as_init(&args[1..]);
+    }
     let cli = Cli::parse();
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
@@ -150,6 +179,40 @@ fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Cmd::Reboot => agent::reboot(&paths),
+        Cmd::Preinit => provision::preinit::preinit(&paths),
+        Cmd::Config(ConfigCmd::Apply { json }) => {
+            let st = provision::apply_from_boot_partition(&paths)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&st)?);
+            } else {
+                print!("{}", provision::render_status(&st));
+            }
+            match &st.error {
+                Some(e) => anyhow::bail!("{e}"),
+                None => Ok(()),
+            }
+        }
+        Cmd::Config(ConfigCmd::Show { json }) => {
+            let st = provision::last_status(&paths);
+            let cfg = std::fs::read_to_string(paths.persist_dir.join("device.toml.good")).ok();
+            if json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(
+                        &serde_json::json!({"status": st, "config": cfg})
+                    )?
+                );
+            } else {
+                match &st {
+                    Some(st) => print!("{}", provision::render_status(st)),
+                    None => println!("no device config applied since boot"),
+                }
+                if let Some(c) = cfg {
+                    println!("--- last good otter/device.toml ---\n{c}");
+                }
+            }
+            Ok(())
+        }
         Cmd::Health { json } => {
             let cfg = agent::load_agent_config(&paths)?.health;
             let r = otterd::health::check(&paths, &cfg);

@@ -18,6 +18,19 @@ pub struct Paths {
     pub cmdline: PathBuf,
     pub slot_a: PathBuf,
     pub slot_b: PathBuf,
+    /// `otter/device.toml` on the mounted boot partition.
+    pub device_config: PathBuf,
+    /// Provisioning state kept on the data partition (machine-id, user ids, last good
+    /// config, saved clock); reachable before `/var` is mounted.
+    pub persist_dir: PathBuf,
+    /// The live `/etc` (an overlay on a device).
+    pub etc_dir: PathBuf,
+    /// The image's own `/etc`, read-only, which the config is rendered on top of.
+    pub etc_image_dir: PathBuf,
+    /// Runtime state (RAM): what was rendered, the last config outcome.
+    pub run_dir: PathBuf,
+    pub home_dir: PathBuf,
+    pub zoneinfo_dir: PathBuf,
     /// Test mode: no systemd; a reboot is recorded in `state_dir/reboot-requested`.
     pub test_mode: bool,
 }
@@ -34,6 +47,13 @@ impl Paths {
             cmdline: "/proc/cmdline".into(),
             slot_a: "/dev/disk/by-partlabel/otter-root-a".into(),
             slot_b: "/dev/disk/by-partlabel/otter-root-b".into(),
+            device_config: otter_config::device_config::DEVICE_CONFIG_PATH.into(),
+            persist_dir: "/data/otter".into(),
+            etc_dir: "/etc".into(),
+            etc_image_dir: "/run/otter/etc-image".into(),
+            run_dir: "/run/otter".into(),
+            home_dir: "/data/home".into(),
+            zoneinfo_dir: "/usr/share/zoneinfo".into(),
             test_mode: false,
         }
     }
@@ -59,6 +79,13 @@ impl Paths {
             cmdline: r.join("proc/cmdline"),
             slot_a: r.join("dev/otter-root-a"),
             slot_b: r.join("dev/otter-root-b"),
+            device_config: r.join("boot/efi/otter/device.toml"),
+            persist_dir: r.join("data/otter"),
+            etc_dir: r.join("etc"),
+            etc_image_dir: r.join("run/otter/etc-image"),
+            run_dir: r.join("run/otter"),
+            home_dir: r.join("data/home"),
+            zoneinfo_dir: r.join("usr/share/zoneinfo"),
             test_mode: true,
         }
     }

@@ -27,6 +27,8 @@ pub struct Status {
     pub slots: Vec<SlotStatus>,
     pub update: Option<Update>,
     pub history: Vec<Event>,
+    /// How the device config was last applied (`None`: not since boot).
+    pub config: Option<crate::provision::ConfigStatus>,
     /// Problems reading any of the above.
     pub errors: Vec<String>,
 }
@@ -86,6 +88,7 @@ pub fn status(paths: &Paths) -> Result<Status> {
         slots,
         update: st.update,
         history,
+        config: crate::provision::last_status(paths),
         errors,
     })
 }
@@ -140,6 +143,22 @@ pub fn render(s: &Status) -> String {
         }
         if let Some(r) = &u.reason {
             out.push_str(&format!("reason    {r}\n"));
+        }
+    }
+    if let Some(c) = &s.config {
+        let src = match c.source {
+            crate::provision::ConfigSource::DeviceToml => "otter/device.toml",
+            crate::provision::ConfigSource::LastGood => {
+                "last good config (otter/device.toml rejected)"
+            }
+            crate::provision::ConfigSource::Defaults => "image defaults",
+        };
+        out.push_str(&format!("config    {src}\n"));
+        if let Some(e) = &c.error {
+            out.push_str(&format!("error     device config: {e}\n"));
+        }
+        for w in &c.warnings {
+            out.push_str(&format!("warning   device config: {w}\n"));
         }
     }
     for e in &s.errors {
