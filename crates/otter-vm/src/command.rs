@@ -133,7 +133,7 @@ pub fn prepare_with_firmware(
             None => (workdir.join("overlay.qcow2"), false),
         };
         if !keep || !overlay.exists() {
-            create_overlay(&opts.image, image_format, &overlay)?;
+            create_overlay(&opts.image, image_format, &overlay, opts.disk_size)?;
         }
         (overlay, DiskFormat::Qcow2)
     };
@@ -189,7 +189,12 @@ fn make_writable(path: &Path) -> Result<()> {
     Ok(())
 }
 
-fn create_overlay(image: &Path, format: DiskFormat, overlay: &Path) -> Result<()> {
+fn create_overlay(
+    image: &Path,
+    format: DiskFormat,
+    overlay: &Path,
+    size: Option<u64>,
+) -> Result<()> {
     // The backing path is stored in the overlay and resolved relative to it: make it absolute.
     let backing = std::fs::canonicalize(image).map_err(|source| Error::Image {
         path: image.to_owned(),
@@ -209,12 +214,18 @@ fn create_overlay(image: &Path, format: DiskFormat, overlay: &Path) -> Result<()
             ));
         }
     }
-    let out = Command::new("qemu-img")
-        .arg("create")
+    let mut cmd = Command::new("qemu-img");
+    cmd.arg("create")
         .arg("-q")
         .args(["-f", "qcow2", "-F", format.as_str(), "-b"])
         .arg(&backing)
-        .arg(overlay)
+        .arg(overlay);
+    if let Some(size) = size {
+        // Never smaller than the image: qemu-img would cut the partition table off.
+        let image_size = std::fs::metadata(&backing).map(|m| m.len()).unwrap_or(0);
+        cmd.arg(size.max(image_size).to_string());
+    }
+    let out = cmd
         .stdin(Stdio::null())
         .output()
         .map_err(|source| Error::ProgramNotFound {

@@ -196,6 +196,9 @@ pub struct VmOptions {
     pub watchdog: bool,
     /// `-no-reboot`: a guest reboot (or watchdog reset) makes QEMU exit instead.
     pub no_reboot: bool,
+    /// Size of the virtual disk when an overlay is made (default: the image's size), like a
+    /// bigger SD card than the image; the device grows its data partition into the rest.
+    pub disk_size: Option<u64>,
 }
 
 impl VmOptions {
@@ -216,6 +219,7 @@ impl VmOptions {
             accel: Accel::Auto,
             watchdog: true,
             no_reboot: false,
+            disk_size: None,
         }
     }
 }

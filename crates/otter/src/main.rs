@@ -70,6 +70,10 @@ enum Cmd {
         /// auto (KVM if usable, else TCG), kvm or tcg.
         #[arg(long, default_value = "auto")]
         accel: String,
+        /// Virtual disk size for the overlay, e.g. 8G (like flashing onto a bigger card; the
+        /// device grows its data partition into it). Default: the image's size.
+        #[arg(long, value_parser = parse_disk_size)]
+        disk_size: Option<u64>,
     },
 }
 
@@ -239,6 +243,7 @@ fn run(cli: Cli) -> Result<()> {
             overlay,
             memory,
             accel,
+            disk_size,
         } => {
             if !image.is_file() {
                 bail!(
@@ -252,6 +257,10 @@ fn run(cli: Cli) -> Result<()> {
             o.overlay = overlay;
             o.memory_mib = memory;
             o.accel = accel.parse()?;
+            o.disk_size = disk_size;
+            if disk_size.is_some() && persist {
+                bail!("--disk-size sizes the overlay; it cannot be used with --persist");
+            }
             if let Some(log) = serial_log {
                 o.serial = otter_vm::Serial::File(log);
             }
@@ -375,4 +384,8 @@ fn clear_progress_line() {
     if std::io::stderr().is_terminal() {
         eprint!("\r\x1b[K");
     }
+}
+
+fn parse_disk_size(s: &str) -> Result<u64, String> {
+    otter_config::parse_size(s)
 }
