@@ -6,6 +6,7 @@ use crate::{Paths, now};
 use anyhow::{Context, Result, bail};
 use otter_boot::Slot;
 use otter_config::{AgentConfig, ReleaseInfo};
+use std::path::Path;
 use std::time::Duration;
 
 /// What the boot turned out to be.
@@ -383,6 +384,28 @@ pub fn daemon(paths: &Paths) -> Result<()> {
     // RTC never starts further back than its last run.
     stop_on_sigterm();
     crate::provision::preinit::save_clock(paths);
+    if let Some(server) = crate::provision::effective_config(paths).server
+        && !paths.test_mode
+    {
+        std::thread::spawn(move || {
+            // The network may take a while; try for ten minutes, then leave it to NTP.
+            for _ in 0..20 {
+                // Only while NTP has not synchronised, and only forward.
+                if Path::new("/run/systemd/timesync/synchronized").exists() {
+                    return;
+                }
+                match crate::provision::preinit::server_date(&server.url) {
+                    Ok(t) => {
+                        if t > crate::now() + 60 {
+                            crate::provision::preinit::clock_floor(t);
+                        }
+                        return;
+                    }
+                    Err(_) => std::thread::sleep(Duration::from_secs(30)),
+                }
+            }
+        });
+    }
     let mut last_save = std::time::Instant::now();
     loop {
         crate::notify::heartbeat();

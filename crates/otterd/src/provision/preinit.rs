@@ -158,6 +158,24 @@ pub fn clock_floor(floor: u64) {
     }
 }
 
+/// The clock chain's step after "last saved clock" and before NTP: once the network is up, the
+/// `Date` header of a request to the fleet server (Unix seconds).
+pub fn server_date(url: &str) -> Result<u64> {
+    let resp = match ureq::head(url).timeout(Duration::from_secs(15)).call() {
+        Ok(r) => r,
+        Err(ureq::Error::Status(_, r)) => r,
+        Err(e) => bail!("asking {url} for the time: {e}"),
+    };
+    let Some(date) = resp.header("date") else {
+        bail!("{url} sent no Date header");
+    };
+    let t = httpdate::parse_http_date(date)
+        .with_context(|| format!("{url} sent a Date header that is not a date: {date}"))?;
+    Ok(t.duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0))
+}
+
 /// Record the current time on the data partition (the clock chain's "last saved clock").
 pub fn save_clock(paths: &Paths) {
     let p = paths.persist_dir.join("clock");
@@ -291,4 +309,33 @@ fn machine_id(paths: &Paths) -> Result<String> {
     super::write_atomic(&p, format!("{id}\n").as_bytes(), 0o444)?;
     log(&format!("machine-id {id} created"));
     Ok(id)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{BufRead, BufReader, Write};
+
+    #[test]
+    fn reads_the_servers_date_header() {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}/", l.local_addr().unwrap());
+        std::thread::spawn(move || {
+            for answer in [
+                "HTTP/1.1 404 Not Found\r\nDate: Tue, 01 Jun 2027 10:00:00 GMT\r\nContent-Length: 0\r\n\r\n",
+                "HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n",
+            ] {
+                let (mut c, _) = l.accept().unwrap();
+                let mut r = BufReader::new(c.try_clone().unwrap());
+                let mut line = String::new();
+                while r.read_line(&mut line).unwrap() > 2 {
+                    line.clear();
+                }
+                c.write_all(answer.as_bytes()).unwrap();
+            }
+        });
+        assert_eq!(server_date(&url).unwrap(), 1811844000);
+        let e = server_date(&url).unwrap_err().to_string();
+        assert!(e.contains("no Date header"), "{e}");
+    }
 }
