@@ -25,6 +25,8 @@ pub struct BuildOptions {
 pub struct BuildOutput {
     pub image: PathBuf,
     pub image_zst: Option<PathBuf>,
+    /// Block map of the image (bmaptool format): what `otter flash` / `bmaptool copy` write.
+    pub bmap: PathBuf,
     pub bundle: PathBuf,
     pub rootfs_image: PathBuf,
     pub version: String,
@@ -32,6 +34,8 @@ pub struct BuildOutput {
     pub base_cached: bool,
     pub root_size: u64,
     pub image_size: u64,
+    /// Bytes of the image listed in the block map (the rest is never written by a flash).
+    pub image_mapped_size: u64,
     pub bundle_size: u64,
     pub image_zst_size: Option<u64>,
     /// (step, seconds)
@@ -270,6 +274,15 @@ pub fn build(p: &Project, o: &BuildOptions, log: &mut dyn FnMut(&str)) -> Result
         },
     ];
     disk::assemble(&image, &parts, &p.compatible())?;
+    let bmap_path = o.out_dir.join(format!("{stem}.bmap"));
+    let bmap = crate::bmap::Bmap::create(&image)?;
+    bmap.write(&bmap_path)?;
+    log(&format!(
+        "bmap: {} ({} of {} MiB mapped)",
+        bmap_path.display(),
+        bmap.mapped_bytes() >> 20,
+        bmap.image_size >> 20
+    ));
     mark("disk image", &mut timings);
 
     // 7. Signed bundle of the same root.
@@ -313,6 +326,8 @@ pub fn build(p: &Project, o: &BuildOptions, log: &mut dyn FnMut(&str)) -> Result
         image,
         image_zst,
         image_zst_size,
+        bmap: bmap_path,
+        image_mapped_size: bmap.mapped_bytes(),
         bundle,
         rootfs_image: root_img,
         version: p.version().to_string(),

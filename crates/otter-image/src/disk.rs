@@ -4,7 +4,7 @@
 use crate::{ImageError, IoContext, Result};
 use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
-use std::io::{Read, Seek, SeekFrom, Write};
+use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
@@ -132,7 +132,11 @@ pub fn assemble(out: &Path, parts: &[PartitionSpec], disk_seed: &str) -> Result<
     Ok(placed)
 }
 
-/// Copy `src` into `dst` at `offset`, skipping all-zero blocks (the image stays sparse).
+/// Copy `src` into `dst` at `offset`, copying only the data extents of `src` (the image stays
+/// sparse). The holes of the result are exactly the blocks the filesystem tools never wrote,
+/// which is what the image's block map lists as unmapped; zeros they did write (a FAT table, an
+/// empty directory cluster) stay data, because a flashed drive is not zeroed beforehand (see
+/// [`crate::bmap`]). Where the filesystem cannot tell holes, everything is copied.
 /// Written by hand: no crate does a sparse copy into an offset of another file.
 pub fn copy_sparse(src: &Path, dst: &mut File, offset: u64, max: u64) -> Result<u64> {
     let mut input = File::open(src).ctx(|| format!("opening {}", src.display()))?;
@@ -146,39 +150,24 @@ pub fn copy_sparse(src: &Path, dst: &mut File, offset: u64, max: u64) -> Result<
             src.display()
         )));
     }
-    let mut buf = vec![0u8; 1 << 20];
-    let mut pos = 0u64;
-    loop {
-        let n = read_full(&mut input, &mut buf).ctx(|| format!("reading {}", src.display()))?;
-        if n == 0 {
-            break;
+    let extents = crate::bmap::data_extents(&input, len)
+        .ctx(|| format!("finding the data in {}", src.display()))?;
+    for (start, n) in extents {
+        input
+            .seek(SeekFrom::Start(start))
+            .ctx(|| format!("seeking in {}", src.display()))?;
+        dst.seek(SeekFrom::Start(offset + start))
+            .ctx(|| "seeking in disk image".to_string())?;
+        let copied = std::io::copy(&mut (&mut input).take(n), dst)
+            .ctx(|| format!("copying {} into disk image", src.display()))?;
+        if copied != n {
+            return Err(ImageError::Other(format!(
+                "{} shrank while being copied into the disk image",
+                src.display()
+            )));
         }
-        let block = &buf[..n];
-        // Skip zero 4 KiB pieces; the target file is fresh (all zeros) by construction.
-        for (i, piece) in block.chunks(4096).enumerate() {
-            if piece.iter().any(|&b| b != 0) {
-                dst.seek(SeekFrom::Start(offset + pos + (i as u64) * 4096))
-                    .ctx(|| "seeking in disk image".to_string())?;
-                dst.write_all(piece)
-                    .ctx(|| format!("writing {} into disk image", src.display()))?;
-            }
-        }
-        pos += n as u64;
     }
     Ok(len)
-}
-
-fn read_full(r: &mut impl Read, buf: &mut [u8]) -> std::io::Result<usize> {
-    let mut n = 0;
-    while n < buf.len() {
-        match r.read(&mut buf[n..]) {
-            Ok(0) => break,
-            Ok(k) => n += k,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(n)
 }
 
 /// Read back the partition table of an image: (number, label, offset, size), to find
@@ -244,6 +233,84 @@ mod tests {
         let img2 = d.path().join("disk2.img");
         assemble(&img2, &parts, "t").unwrap();
         assert_eq!(std::fs::read(&img2).unwrap(), bytes);
+    }
+
+    #[test]
+    fn keeps_holes_of_the_content_and_the_zeros_it_wrote() {
+        use std::os::unix::fs::FileExt;
+        let d = tempfile::tempdir().unwrap();
+        let content = d.path().join("fs");
+        let f = File::create(&content).unwrap();
+        f.set_len(MIB).unwrap();
+        f.write_all_at(&[1u8; 4096], 0).unwrap();
+        // Written zeros (think: an empty FAT) must reach the drive; block 2.. stays a hole.
+        f.write_all_at(&[0u8; 4096], 4096).unwrap();
+        f.sync_all().unwrap();
+        drop(f);
+        let src_extents = crate::bmap::data_extents(&File::open(&content).unwrap(), MIB).unwrap();
+        if src_extents == vec![(0, MIB)] {
+            eprintln!("skipped: the filesystem of the temp dir has no SEEK_HOLE");
+            return;
+        }
+        let parts = vec![PartitionSpec {
+            label: "otter-boot".into(),
+            type_guid: ESP_TYPE.into(),
+            size: 2 * MIB,
+            content: Some(content),
+        }];
+        let img = d.path().join("disk.img");
+        assemble(&img, &parts, "t").unwrap();
+        let bmap = crate::bmap::Bmap::create(&img).unwrap();
+        let blocks = |b: u64| MIB / 4096 + b;
+        let mapped = |blk: u64| bmap.ranges.iter().any(|r| r.first <= blk && blk <= r.last);
+        assert!(mapped(blocks(0)));
+        assert!(mapped(blocks(1)), "written zeros must stay mapped");
+        assert!(!mapped(blocks(2)), "a hole of the content must stay a hole");
+        assert!(mapped(0), "the partition table is mapped");
+    }
+
+    #[test]
+    fn fat_tables_of_the_boot_partition_are_mapped() {
+        // A FAT is mostly zeros (free clusters) that must reach the drive: garbage left there
+        // by an earlier use of the card would be read as allocated clusters.
+        let d = tempfile::tempdir().unwrap();
+        let vfat = d.path().join("boot.vfat");
+        crate::fat::make_fat(
+            &vfat,
+            32 * MIB,
+            "otter-boot",
+            &[("a/b".into(), vec![1; 5000])],
+        )
+        .unwrap();
+        let boot = std::fs::read(&vfat).unwrap();
+        let reserved = u16::from_le_bytes([boot[14], boot[15]]) as u64;
+        let fats = boot[16] as u64;
+        let mut per_fat = u16::from_le_bytes([boot[22], boot[23]]) as u64;
+        if per_fat == 0 {
+            per_fat = u32::from_le_bytes([boot[36], boot[37], boot[38], boot[39]]) as u64;
+        }
+        let fat_end = (reserved + fats * per_fat) * SECTOR;
+        assert!(
+            boot[(reserved * SECTOR) as usize..fat_end as usize]
+                .chunks(4096)
+                .any(|c| c.iter().all(|&b| b == 0)),
+            "the FAT has all-zero blocks (else this test proves nothing)"
+        );
+        let parts = vec![PartitionSpec {
+            label: "otter-boot".into(),
+            type_guid: ESP_TYPE.into(),
+            size: 32 * MIB,
+            content: Some(vfat),
+        }];
+        let img = d.path().join("disk.img");
+        assemble(&img, &parts, "t").unwrap();
+        let bmap = crate::bmap::Bmap::create(&img).unwrap();
+        for blk in (MIB / 4096)..(MIB + fat_end).div_ceil(4096) {
+            assert!(
+                bmap.ranges.iter().any(|r| r.first <= blk && blk <= r.last),
+                "block {blk} of the FAT region is not in the bmap"
+            );
+        }
     }
 
     #[test]

@@ -6,6 +6,8 @@ use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+mod flash;
+
 #[derive(Parser)]
 #[command(
     name = "otter",
@@ -50,6 +52,9 @@ enum Cmd {
         #[command(subcommand)]
         cmd: BundleCmd,
     },
+    /// Write a disk image to a removable drive or a file (mapped blocks only, read back);
+    /// without DEVICE, list the removable drives.
+    Flash(flash::FlashArgs),
     /// Boot a disk image in QEMU (UEFI), serial console on this terminal.
     Vm {
         image: PathBuf,
@@ -235,6 +240,7 @@ fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Cmd::Bundle { cmd } => bundle(cmd),
+        Cmd::Flash(args) => flash::run(args),
         Cmd::Vm {
             image,
             ssh_port,
