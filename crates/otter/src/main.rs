@@ -1,5 +1,7 @@
 //! `otter`: the host CLI. Argument handling and output only; the work is in the libraries.
 
+mod configure;
+
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
 use std::io::IsTerminal;
@@ -45,6 +47,8 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// Show or edit the device config (otter/device.toml) inside an image, without mounting.
+    Configure(Box<configure::ConfigureArgs>),
     /// Update bundles: create, inspect, verify.
     Bundle {
         #[command(subcommand)]
@@ -230,6 +234,7 @@ fn run(cli: Cli) -> Result<()> {
             }
             Ok(())
         }
+        Cmd::Configure(args) => configure::run(*args),
         Cmd::Bundle { cmd } => bundle(cmd),
         Cmd::Vm {
             image,
