@@ -734,4 +734,152 @@ checks = ["test -e /run/app.ok"]
             .to_string();
         assert!(e.contains("dns"), "{e}");
     }
+    #[test]
+    fn every_other_bad_value_names_its_key() {
+        let long_name = "a".repeat(33);
+        let long_ssid = "s".repeat(33);
+        let long_key = "k".repeat(257);
+        let cases: Vec<(String, &str)> = vec![
+            ("hostname = \"\"".into(), "hostname"),
+            (format!("hostname = \"{}\"", "h".repeat(64)), "hostname"),
+            ("hostname = \"gw-\"".into(), "hostname"),
+            ("timezone = \"/etc/localtime\"".into(), "timezone"),
+            ("timezone = \"\"".into(), "timezone"),
+            ("timezone = \"Europe/Ber lin\"".into(), "timezone"),
+            ("country = \"DEU\"".into(), "country"),
+            ("country = \"D1\"".into(), "country"),
+            (format!("[[users]]\nname = \"{long_name}\""), "users[0].name"),
+            ("[[users]]\nname = \"1ops\"".into(), "users[0].name"),
+            ("[[users]]\nname = \"sshd\"".into(), "users[0].name"),
+            (
+                "[[users]]\nname = \"a\"\npassword_hash = \"$6$salt$hash:x\"".into(),
+                "users[0].password_hash",
+            ),
+            (
+                "[[users]]\nname = \"a\"\npassword_hash = \"$9$salt$hash\"".into(),
+                "users[0].password_hash",
+            ),
+            (
+                "[[users]]\nname = \"a\"\npassword_hash = \"$6$salt$\"".into(),
+                "users[0].password_hash",
+            ),
+            (
+                "[[users]]\nname = \"a\"\nssh_authorized_keys = [\"ssh-ed25519 AAAAC3Nza\\nssh-rsa AAAAB3\"]".into(),
+                "users[0].ssh_authorized_keys[0]",
+            ),
+            (
+                "[[users]]\nname = \"a\"\nssh_authorized_keys = [\"ssh-ed25519 not*base64*at*all\"]".into(),
+                "users[0].ssh_authorized_keys[0]",
+            ),
+            (
+                "[[users]]\nname = \"a\"\nssh_authorized_keys = [\"ssh-ed25519\"]".into(),
+                "users[0].ssh_authorized_keys[0]",
+            ),
+            (format!("[[network.wifi]]\nssid = \"{long_ssid}\""), "network.wifi[0].ssid"),
+            ("[[network.wifi]]\nssid = \"a\\u0007b\"".into(), "network.wifi[0].ssid"),
+            (
+                "[[network.wifi]]\nssid = \"a\"\n[[network.wifi]]\nssid = \"a\"".into(),
+                "network.wifi[1].ssid",
+            ),
+            (
+                format!("[[network.wifi]]\nssid = \"x\"\npsk = \"{}\"", "g".repeat(64)),
+                "network.wifi[0].psk",
+            ),
+            (
+                format!("[[network.wifi]]\nssid = \"x\"\npsk = \"{}\"", "p".repeat(64)),
+                "network.wifi[0].psk",
+            ),
+            (
+                "[[network.wifi]]\nssid = \"x\"\npsk = \"pässwörter\"".into(),
+                "network.wifi[0].psk",
+            ),
+            (
+                "[[network.ethernet]]\ninterface = \"eth 0\"".into(),
+                "network.ethernet[0].interface",
+            ),
+            (
+                "[[network.ethernet]]\ninterface = \"averyveryverylongname\"".into(),
+                "network.ethernet[0].interface",
+            ),
+            (
+                "[[network.ethernet]]\ninterface = \"eth0\"\n[[network.ethernet]]\ninterface = \"eth0\"".into(),
+                "network.ethernet[1].interface",
+            ),
+            (
+                "[[network.ethernet]]\n[[network.ethernet]]".into(),
+                "network.ethernet[1].interface",
+            ),
+            (
+                "[[network.ethernet]]\naddresses = [\"10.0.0.1/33\"]".into(),
+                "network.ethernet[0].addresses[0]",
+            ),
+            (
+                "[[network.ethernet]]\naddresses = [\"10.0.0.1/0\"]".into(),
+                "network.ethernet[0].addresses[0]",
+            ),
+            (
+                "[[network.ethernet]]\naddresses = [\"10.0.0/24\"]".into(),
+                "network.ethernet[0].addresses[0]",
+            ),
+            ("[network]\nproxy = \"ftp://proxy:21\"".into(), "network.proxy"),
+            ("[network]\nproxy = \"http://\"".into(), "network.proxy"),
+            ("[network]\nno_proxy = [\"a,b\"]".into(), "network.no_proxy[0]"),
+            ("[network]\nno_proxy = [\"\"]".into(), "network.no_proxy[0]"),
+            ("[time]\nntp = [\"\"]".into(), "time.ntp[0]"),
+            ("[time]\nntp = [\"-pool.ntp.org\"]".into(), "time.ntp[0]"),
+            ("udev_rules = [\"  \"]".into(), "udev_rules[0]"),
+            ("udev_rules = [\"a\\u0000b\"]".into(), "udev_rules[0]"),
+            (
+                "ca_certificates = [\"-----BEGIN CERTIFICATE-----\\nMIIB\"]".into(),
+                "ca_certificates[0]",
+            ),
+            ("[server]\nurl = \"https://fleet example.com\"".into(), "server.url"),
+            ("[server]\nurl = \"https://\"".into(), "server.url"),
+            (
+                "[server]\nurl = \"https://x\"\nenrollment_key = \"has space\"".into(),
+                "server.enrollment_key",
+            ),
+            (
+                "[server]\nurl = \"https://x\"\nenrollment_key = \"\"".into(),
+                "server.enrollment_key",
+            ),
+            (
+                format!("[server]\nurl = \"https://x\"\nenrollment_key = \"{long_key}\""),
+                "server.enrollment_key",
+            ),
+            ("[health]\ndeadline_secs = 86401".into(), "health.deadline_secs"),
+            ("[health]\nunits = [\"ssh\"]".into(), "health.units[0]"),
+            ("[health]\nunits = [\"a b.service\"]".into(), "health.units[0]"),
+            ("[health]\nchecks = [\" \"]".into(), "health.checks[0]"),
+        ];
+        for (text, key) in &cases {
+            let e = parse(text).unwrap_err().to_string();
+            assert!(
+                e.contains(&format!("`{key}`")) && e.contains("device.toml"),
+                "{text:?}: {e}"
+            );
+        }
+    }
+
+    #[test]
+    fn edge_values_that_are_fine() {
+        let ok = [
+            "country = \"00\"",
+            "timezone = \"UTC\"",
+            "timezone = \"America/Argentina/Buenos_Aires\"",
+            "hostname = \"a\"",
+            "[[users]]\nname = \"a-1\"\npassword_hash = \"$y$j9T$salt$hash\"",
+            "[[network.wifi]]\nssid = \"Café Wi-Fi\"\npsk = \"0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef\"",
+            "[[network.wifi]]\nssid = \"open\"\nhidden = true\npriority = -5",
+            "[[network.ethernet]]\naddresses = [\"fd00::2/64\", \"10.0.0.2/8\"]\ngateway = \"fd00::1\"",
+            "[network]\nproxy = \"socks5://user:pw@[fd00::1]:1080\"",
+            "[time]\nntp = [\"10.0.2.2\", \"fd00::1\"]",
+            "[logging]\nstorage = \"persistent\"\nmax_size = \"1M\"",
+            "[server]\nurl = \"http://10.0.2.2:8080/otter\"",
+            "[health]\ndeadline_secs = 10\nunits = [\"getty@tty1.service\"]",
+        ];
+        for text in ok {
+            parse(text).unwrap_or_else(|e| panic!("{text:?}: {e}"));
+        }
+    }
 }

@@ -11,8 +11,12 @@
 pub mod board;
 pub mod device;
 pub mod device_config;
+pub mod edit;
+pub mod import;
+pub mod password;
 pub mod project;
 mod size;
+pub mod template;
 
 pub use board::Board;
 pub use device::{AgentConfig, HealthConfig, ReleaseInfo};

@@ -218,6 +218,13 @@ pub fn build(p: &Project, o: &BuildOptions, log: &mut dyn FnMut(&str)) -> Result
         ("EFI/BOOT/grub.cfg".to_string(), grub_cfg.into_bytes()),
         ("otter/grubenv".to_string(), env.to_vec()),
         ("otter/grubenv.bak".to_string(), env.to_vec()),
+        // The user-editable device config: every key commented out (an empty config).
+        (
+            otter_config::device_config::DEVICE_CONFIG_FAT_PATH.to_string(),
+            otter_config::template::DEVICE_CONFIG_TEMPLATE
+                .as_bytes()
+                .to_vec(),
+        ),
     ];
     let boot_img = work.join("boot.vfat");
     fat::make_fat(

@@ -5,6 +5,7 @@
 //! partition (GRUB, A/B state) → data partition → GPT disk image → signed bundle → `.img.zst`.
 
 pub mod bmap;
+pub mod bootpart;
 pub mod build;
 pub mod disk;
 pub mod fat;

@@ -1,5 +1,7 @@
 //! `otter`: the host CLI. Argument handling and output only; the work is in the libraries.
 
+mod configure;
+
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
 use std::io::IsTerminal;
@@ -47,6 +49,8 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// Show or edit the device config (otter/device.toml) inside an image, without mounting.
+    Configure(Box<configure::ConfigureArgs>),
     /// Update bundles: create, inspect, verify.
     Bundle {
         #[command(subcommand)]
@@ -239,6 +243,7 @@ fn run(cli: Cli) -> Result<()> {
             }
             Ok(())
         }
+        Cmd::Configure(args) => configure::run(*args),
         Cmd::Bundle { cmd } => bundle(cmd),
         Cmd::Flash(args) => flash::run(args),
         Cmd::Vm {
