@@ -188,4 +188,15 @@ fn no_file_means_image_defaults() {
     assert!(ok);
     assert_eq!(v["source"], "defaults");
     assert_eq!(d.etc("hostname"), "otter\n");
+
+    // `otter configure` was cut off between its renames: only device.toml.old is there.
+    std::fs::write(
+        d.root.join("boot/efi/otter/device.toml.old"),
+        "hostname = \"from-old\"\n",
+    )
+    .unwrap();
+    let (ok, v, _) = d.apply();
+    assert!(ok);
+    assert_eq!(v["source"], "device-toml");
+    assert_eq!(d.etc("hostname"), "from-old\n");
 }

@@ -378,11 +378,14 @@ fn set_hostname(name: &str) -> bool {
 
 /// `otterd config apply`: read the file from the mounted boot partition and apply it.
 pub fn apply_from_boot_partition(paths: &Paths) -> Result<ConfigStatus> {
-    let text = match std::fs::read_to_string(&paths.device_config) {
+    let read = |p: &Path| match std::fs::read_to_string(p) {
         Ok(t) => Some(Ok(t)),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
         Err(e) => Some(Err(e)),
     };
+    // A write by `otter configure` interrupted between its renames leaves `device.toml.old`.
+    let text = read(&paths.device_config)
+        .or_else(|| read(&paths.device_config.with_extension("toml.old")));
     apply(paths, text, true)
 }
 

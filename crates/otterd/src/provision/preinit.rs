@@ -270,12 +270,20 @@ pub fn preinit(paths: &Paths) -> Result<()> {
     clock_floor(build_time.max(saved_clock(paths)));
 
     let text = match grow::find_partition(Path::new("/sys/class/block"), "otter-boot") {
-        Some(p) => match read_fat_file(&p.dev, otter_config::device_config::DEVICE_CONFIG_FAT_PATH)
-        {
-            Ok(Some(t)) => Some(Ok(t)),
-            Ok(None) => None,
-            Err(e) => Some(Err(std::io::Error::other(format!("{e:#}")))),
-        },
+        Some(p) => {
+            let fat_path = otter_config::device_config::DEVICE_CONFIG_FAT_PATH;
+            // `otter configure` replaces the file by renames; a power cut between them leaves
+            // only the complete previous copy, `device.toml.old`.
+            let read = match read_fat_file(&p.dev, fat_path) {
+                Ok(None) => read_fat_file(&p.dev, &format!("{fat_path}.old")),
+                other => other,
+            };
+            match read {
+                Ok(Some(t)) => Some(Ok(t)),
+                Ok(None) => None,
+                Err(e) => Some(Err(std::io::Error::other(format!("{e:#}")))),
+            }
+        }
         None => {
             log("no otter-boot partition found; no device config");
             None
