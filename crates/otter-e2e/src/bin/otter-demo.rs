@@ -1,5 +1,6 @@
-//! The demo of the README: build release 1.0.0 and 1.1.0 of an image, boot 1.0.0 in QEMU,
-//! update it to 1.1.0 from an HTTP server on this machine, and show the device's status.
+//! The demo of the README: build release 1.0.0 and 1.1.0 of an image, configure a copy of
+//! 1.0.0 with `otter configure`, boot it in QEMU on a bigger disk, update it to 1.1.0 from an
+//! HTTP server on this machine, and show the device's status.
 
 use anyhow::Result;
 use otter_e2e::scenario::{Device, Variant, Workbench, guest_url, phase, serve};
@@ -51,12 +52,54 @@ fn run() -> Result<()> {
     if device_dir.exists() {
         std::fs::remove_dir_all(&device_dir)?;
     }
-    let mut dev = Device::new(&v1.image, &device_dir, &wb.ssh_key)?;
-    say(t0, "booting 1.0.0 in QEMU (UEFI, GRUB, slot A)");
+    std::fs::create_dir_all(&device_dir)?;
+    // This device's copy of the image, set up the way a user would before flashing.
+    let img = device_dir.join("device.img");
+    let cp = std::process::Command::new("cp")
+        .arg("--sparse=always")
+        .arg(&v1.image)
+        .arg(&img)
+        .status()?;
+    anyhow::ensure!(cp.success(), "copying {}", v1.image.display());
+    let configure = std::process::Command::new(&wb.otter)
+        .arg("configure")
+        .arg(&img)
+        .args([
+            "--hostname",
+            "demo-gateway",
+            "--timezone",
+            "Europe/Berlin",
+            "--persistent-logs",
+        ])
+        .output()?;
+    anyhow::ensure!(
+        configure.status.success(),
+        "otter configure: {}",
+        String::from_utf8_lossy(&configure.stderr)
+    );
+    say(
+        t0,
+        &format!(
+            "otter configure {} --hostname demo-gateway --timezone Europe/Berlin --persistent-logs\n{}",
+            img.display(),
+            String::from_utf8_lossy(&configure.stdout).trim_end()
+        ),
+    );
+    let mut dev = Device::new(&img, &device_dir, &wb.ssh_key)?;
+    dev.opts.disk_size = Some(4 << 30);
+    say(
+        t0,
+        "booting 1.0.0 in QEMU (UEFI, GRUB, slot A) on a 4 GiB disk",
+    );
     dev.power_on()?;
     say(
         t0,
-        &format!("device up; `otterd status`:\n{}", dev.sh("otterd status")?),
+        &format!(
+            "device up as `{}`; data partition grown to {} on first boot; `otterd status`:\n{}",
+            dev.sh("hostname")?.trim(),
+            dev.sh("df -h --output=size /data | tail -1")?.trim(),
+            dev.sh("otterd status")?
+        ),
     );
     let url = guest_url(&http, &v2.bundle);
     say(t0, &format!("on the device: otterd install {url} --reboot"));
