@@ -156,6 +156,8 @@ pub fn build(p: &Project, o: &BuildOptions, log: &mut dyn FnMut(&str)) -> Result
     mark("customise", &mut timings);
 
     // 3. Root filesystem image.
+    // Same inputs, same filesystem bytes (reproducible images; unchanged files delta well).
+    crate::fs::clamp_times(&tree, epoch)?;
     let usage = tree_usage(&tree)?;
     let root_size = match p.file.rootfs.size {
         Some(s) => s.0,
