@@ -239,6 +239,7 @@ pub fn build(p: &Project, o: &BuildOptions, log: &mut dyn FnMut(&str)) -> Result
     // 5. Data partition.
     let data_tree = work.join("data");
     rootfs::data_skeleton(&data_tree)?;
+    crate::fs::clamp_times(&data_tree, epoch)?;
     let data_img = work.join("data.ext4");
     make_ext4(
         &data_img,

@@ -5,6 +5,32 @@ use std::fs::OpenOptions;
 use std::io::Write;
 use std::path::Path;
 
+#[derive(Debug)]
+struct FixedTime;
+
+impl fatfs::TimeProvider for FixedTime {
+    fn get_current_date(&self) -> fatfs::Date {
+        fatfs::Date {
+            year: 1980,
+            month: 1,
+            day: 1,
+        }
+    }
+    fn get_current_date_time(&self) -> fatfs::DateTime {
+        fatfs::DateTime {
+            date: self.get_current_date(),
+            time: fatfs::Time {
+                hour: 0,
+                min: 0,
+                sec: 0,
+                millis: 0,
+            },
+        }
+    }
+}
+
+static FIXED_TIME: FixedTime = FixedTime;
+
 /// Create a FAT filesystem image of `size` bytes at `path` holding `files`
 /// (`(path inside, content)`, directories created as needed).
 pub fn make_fat(path: &Path, size: u64, label: &str, files: &[(String, Vec<u8>)]) -> Result<()> {
@@ -35,8 +61,12 @@ pub fn make_fat(path: &Path, size: u64, label: &str, files: &[(String, Vec<u8>)]
     }
     fatfs::format_volume(&mut file, opts).map_err(|e| fat_err(format!("formatting: {e}")))?;
     {
-        let fs = fatfs::FileSystem::new(&mut file, fatfs::FsOptions::new())
-            .map_err(|e| fat_err(format!("opening after format: {e}")))?;
+        // Fixed timestamps (the FAT epoch, 1980-01-01): same inputs, same partition bytes.
+        let fs = fatfs::FileSystem::new(
+            &mut file,
+            fatfs::FsOptions::new().time_provider(&FIXED_TIME),
+        )
+        .map_err(|e| fat_err(format!("opening after format: {e}")))?;
         let root = fs.root_dir();
         for (dest, content) in files {
             let parts: Vec<&str> = dest.split('/').filter(|s| !s.is_empty()).collect();
