@@ -111,7 +111,10 @@ fn main() -> BoxResult<()> {
             let t = Instant::now();
             let mut v =
                 BundleReader::open(bundle.to_str().ok_or("non-UTF-8 path")?)?.verify(&trusted)?;
-            let opts = InstallOptions { read_back: *mode };
+            let opts = InstallOptions {
+                read_back: *mode,
+                ..Default::default()
+            };
             let report = v.install_image_with("rootfs", &target, &opts, &mut |_| {})?;
             let otter_s = t.elapsed().as_secs_f64();
             otter_best[i] = otter_best[i].min(otter_s);

@@ -5,6 +5,7 @@ use std::time::Instant;
 
 use sha2::{Digest, Sha256};
 
+use crate::delta::DEFAULT_MAX_GAP;
 use crate::error::{Error, Result};
 use crate::reader::VerifiedBundle;
 use crate::stream::{check_zero_chunks, stream_chunks};
@@ -28,9 +29,11 @@ impl VerifiedBundle {
     ///
     /// In order, it checks that:
     /// - the bundle is complete (when its length is known, as install does);
-    /// - every zero chunk's hash is that of zeros;
-    /// - for each image in manifest order, every stored chunk decompresses to its size and
-    ///   SHA-256, and all chunks together (zeros for zero chunks) hash to the image's SHA-256.
+    /// - every image's block index matches its SHA-256 in the manifest;
+    /// - every zero chunk is all zeros in the block index;
+    /// - for each image in manifest order, every stored chunk decompresses to its size and every
+    ///   block to its hash in the index, and all chunks together (zeros for zero chunks) hash to
+    ///   the image's SHA-256.
     ///
     /// The payload is read sequentially, from a file or over HTTP with the same range requests
     /// and resumes as install, and only a few chunks are in memory at a time. `progress` gets
@@ -43,8 +46,11 @@ impl VerifiedBundle {
         let reader = &self.reader;
         let manifest = reader.manifest();
         reader.check_complete()?;
+        let mut indexes = Vec::with_capacity(manifest.images.len());
         for entry in &manifest.images {
-            check_zero_chunks(entry)?;
+            let index = reader.read_index(&entry.name)?;
+            check_zero_chunks(entry, &index)?;
+            indexes.push(index);
         }
         let total = manifest
             .images
@@ -53,9 +59,10 @@ impl VerifiedBundle {
         let mut checked = 0u64;
         let mut chunks = 0u64;
         progress(0, total);
-        for entry in &manifest.images {
+        for (entry, index) in manifest.images.iter().zip(&indexes) {
             let mut image = Sha256::new();
-            stream_chunks(reader, entry, &mut |chunk| {
+            let all: Vec<usize> = (0..entry.chunks.len()).collect();
+            stream_chunks(reader, entry, index, &all, DEFAULT_MAX_GAP, &mut |chunk| {
                 image.update(chunk.data);
                 checked += chunk.data.len() as u64;
                 chunks += 1;

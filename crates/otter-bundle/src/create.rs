@@ -1,5 +1,5 @@
-//! Writing a bundle: chunk each image, hash and compress chunks in parallel, sign the manifest,
-//! and write the file atomically.
+//! Writing a bundle: chunk each image, hash its blocks and compress its chunks in parallel, build
+//! the block indexes, sign the manifest, and write the file atomically.
 
 use std::collections::{BTreeMap, HashSet};
 use std::fs::{self, File};
@@ -14,10 +14,11 @@ use sha2::{Digest, Sha256};
 
 use crate::error::{Error, Result};
 use crate::format::{self, SignatureEntry};
+use crate::index::{BLOCK_SIZE, BlockHash, BlockIndex, block_hash};
 use crate::keys::SigningKey;
 use crate::manifest::{
-    CHUNK_ALIGN, Chunk, ImageEntry, MAX_CHUNK_SIZE, Manifest, check_compatible, check_image_name,
-    parse_version,
+    CHUNK_ALIGN, ImageEntry, IndexRef, MAX_CHUNK_SIZE, Manifest, check_compatible,
+    check_image_name, parse_version,
 };
 use crate::{DEFAULT_CHUNK_SIZE, FORMAT_VERSION};
 
@@ -109,17 +110,19 @@ pub fn create_bundle(
         Some(p) if !p.as_os_str().is_empty() => p.to_owned(),
         _ => PathBuf::from("."),
     };
-    // The payload goes to an anonymous temp file first because the header, which precedes it,
-    // depends on the payload (offsets, sizes).
-    let mut payload = tempfile::tempfile_in(&dir)
+    // The chunk frames go to an anonymous temp file first because what precedes them (header,
+    // block indexes) depends on them.
+    let mut chunks_file = tempfile::tempfile_in(&dir)
         .map_err(|e| Error::io("cannot create temporary file in", &dir, e))?;
-    let mut entries = Vec::with_capacity(images.len());
-    let mut offset = 0u64;
+    let mut analysed = Vec::with_capacity(images.len());
     for (name, path) in images {
-        let entry = chunk_image(name, path, opts, &mut payload, offset, &dir)?;
-        offset = entry.payload_end();
-        entries.push(entry);
+        let mut out = io::BufWriter::with_capacity(1024 * 1024, &mut chunks_file);
+        let a = chunk_image(name, path, opts, &mut out, &dir)?;
+        out.flush()
+            .map_err(|e| Error::io("cannot write temporary payload in", &dir, e))?;
+        analysed.push(a);
     }
+    let (entries, index_frames) = layout(analysed, opts)?;
 
     let manifest = Manifest {
         format: FORMAT_VERSION,
@@ -137,10 +140,81 @@ pub fn create_bundle(
         .iter()
         .map(|k| k.sign_manifest(&manifest_bytes))
         .collect();
-    let header = format::encode_header(&manifest_bytes, &signatures)?;
+    let mut header = format::encode_header(&manifest_bytes, &signatures)?;
+    for f in &index_frames {
+        header.extend_from_slice(f);
+    }
 
-    write_atomically(out, &dir, &header, &mut payload)?;
+    write_atomically(out, &dir, &header, &mut chunks_file)?;
     Ok(manifest)
+}
+
+/// An image chunked and hashed, before its place in the payload is known.
+pub(crate) struct Analysed {
+    pub name: String,
+    pub size: u64,
+    pub sha256: String,
+    pub chunk_size: u32,
+    pub chunks: Vec<u64>,
+    pub index: BlockIndex,
+}
+
+/// Places the images in the payload: the block indexes first (compressed, in image order), then
+/// every image's chunk frames. Returns the manifest entries and the compressed index frames.
+fn layout(
+    analysed: Vec<Analysed>,
+    opts: &CreateOptions,
+) -> Result<(Vec<ImageEntry>, Vec<Vec<u8>>)> {
+    let mut frames = Vec::with_capacity(analysed.len());
+    let mut refs = Vec::with_capacity(analysed.len());
+    let mut offset = 0u64;
+    for a in &analysed {
+        let raw = a.index.to_bytes();
+        let frame = zstd::bulk::compress(&raw, opts.zstd_level).map_err(|e| {
+            Error::Internal(format!(
+                "zstd failed on the block index of image {:?}: {e}",
+                a.name
+            ))
+        })?;
+        refs.push(IndexRef {
+            offset,
+            csize: frame.len() as u64,
+            size: raw.len() as u64,
+            sha256: hex::encode(Sha256::digest(&raw)),
+        });
+        offset += frame.len() as u64;
+        frames.push(frame);
+    }
+    let mut entries = Vec::with_capacity(analysed.len());
+    for (a, index) in analysed.into_iter().zip(refs) {
+        let chunks_offset = offset;
+        offset += a.chunks.iter().sum::<u64>();
+        entries.push(ImageEntry {
+            name: a.name,
+            size: a.size,
+            sha256: a.sha256,
+            block_size: BLOCK_SIZE,
+            chunk_size: a.chunk_size,
+            index,
+            chunks_offset,
+            chunks: a.chunks,
+        });
+    }
+    Ok((entries, frames))
+}
+
+/// Chunks and compresses an image as [`create_bundle`] would, without writing a bundle: its
+/// manifest entry (payload offsets as if it were the only image) and its block index. For
+/// estimating what a delta would cost (`otter bundle diff` on raw images).
+pub fn analyse_image(path: &Path, opts: &CreateOptions) -> Result<(ImageEntry, BlockIndex)> {
+    opts.check()?;
+    let a = chunk_image("rootfs", path, opts, &mut io::sink(), Path::new("."))?;
+    let index = a.index.clone();
+    let (mut entries, _) = layout(vec![a], opts)?;
+    let entry = entries
+        .pop()
+        .ok_or_else(|| Error::Internal("analysed image lost".into()))?;
+    Ok((entry, index))
 }
 
 fn created_time() -> Result<u64> {
@@ -194,22 +268,20 @@ struct RawChunk {
 
 struct DoneChunk {
     index: usize,
-    sha256: String,
-    size: u32,
+    hashes: Vec<BlockHash>,
     /// None for an all-zero chunk.
     compressed: Option<Vec<u8>>,
 }
 
-/// Reads the image sequentially (and hashes it whole), compresses chunks on all cores, and appends
-/// them to `payload` in order.
+/// Reads the image sequentially (and hashes it whole), hashes blocks and compresses chunks on all
+/// cores, and appends the chunk frames to `payload` in order.
 fn chunk_image(
     name: &str,
     path: &Path,
     opts: &CreateOptions,
-    payload: &mut File,
-    start_offset: u64,
+    payload: &mut dyn Write,
     tmp_dir: &Path,
-) -> Result<ImageEntry> {
+) -> Result<Analysed> {
     let mut file = File::open(path).map_err(|e| Error::io("cannot open image", path, e))?;
     // seek, not metadata, so a block device works as the source too.
     let size = file
@@ -239,7 +311,7 @@ fn chunk_image(
     }
     let pool: Arc<Mutex<Vec<Vec<u8>>>> = Arc::new(Mutex::new(Vec::new()));
 
-    thread::scope(|s| -> Result<ImageEntry> {
+    thread::scope(|s| -> Result<Analysed> {
         // Reader: sequential read + whole-image hash.
         let reader_pool = Arc::clone(&pool);
         let reader = s.spawn(move || -> Result<String> {
@@ -312,8 +384,7 @@ fn chunk_image(
         // Collector: put chunks back in order and append them to the payload.
         let mut pending = BTreeMap::new();
         let mut chunks = Vec::with_capacity(n_chunks);
-        let mut offset = start_offset;
-        let mut out = io::BufWriter::with_capacity(1024 * 1024, &mut *payload);
+        let mut hashes = Vec::with_capacity(size.div_ceil(u64::from(BLOCK_SIZE)) as usize);
         let collected = (|| -> Result<()> {
             for result in done_rx.iter() {
                 let done = result?;
@@ -321,28 +392,22 @@ fn chunk_image(
                 while let Some(done) = pending.remove(&chunks.len()) {
                     let csize = match &done.compressed {
                         Some(c) => {
-                            out.write_all(c).map_err(|e| {
+                            payload.write_all(c).map_err(|e| {
                                 Error::io("cannot write temporary payload in", tmp_dir, e)
                             })?;
                             c.len() as u64
                         }
                         None => 0,
                     };
-                    chunks.push(Chunk {
-                        sha256: done.sha256,
-                        size: done.size,
-                        offset,
-                        csize,
-                    });
-                    offset += csize;
+                    chunks.push(csize);
+                    hashes.extend_from_slice(&done.hashes);
                     let _ = token_tx.send(());
                 }
                 if chunks.len() == n_chunks {
                     break;
                 }
             }
-            out.flush()
-                .map_err(|e| Error::io("cannot write temporary payload in", tmp_dir, e))
+            Ok(())
         })();
         // Unblocks reader and workers if we stopped early.
         drop(done_rx);
@@ -358,12 +423,13 @@ fn chunk_image(
                 chunks.len()
             )));
         }
-        Ok(ImageEntry {
+        Ok(Analysed {
             name: name.to_owned(),
             size,
             sha256: whole,
             chunk_size: opts.chunk_size,
             chunks,
+            index: BlockIndex::new(size, hashes)?,
         })
     })
 }
@@ -373,7 +439,7 @@ fn compress_chunk(
     index: usize,
     data: &[u8],
 ) -> io::Result<DoneChunk> {
-    let sha256 = hex::encode(Sha256::digest(data));
+    let hashes: Vec<BlockHash> = data.chunks(BLOCK_SIZE as usize).map(block_hash).collect();
     let compressed = if is_zero(data) {
         None
     } else {
@@ -381,8 +447,7 @@ fn compress_chunk(
     };
     Ok(DoneChunk {
         index,
-        sha256,
-        size: data.len() as u32,
+        hashes,
         compressed,
     })
 }

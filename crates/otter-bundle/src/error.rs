@@ -149,6 +149,11 @@ pub enum Error {
     },
 
     #[error(
+        "image {image:?}: block index failed verification: {reason} (hint: the bundle is corrupt or was tampered with; fetch the bundle again)"
+    )]
+    IndexInvalid { image: String, reason: String },
+
+    #[error(
         "bundle {source_name}: image {image:?} has sha256 {got}, but the manifest says {expected}, although every chunk matched its own hash (hint: the signed manifest is inconsistent: the bundle was built wrongly or altered before signing; do not install it, rebuild it)"
     )]
     ImageHashMismatch {

@@ -14,14 +14,14 @@ pub const FIXED_HEADER_LEN: u64 = 16;
 /// 32-byte Ed25519 public key + 64-byte signature.
 pub const SIGNATURE_ENTRY_LEN: u64 = 96;
 /// Upper bound on the manifest, so a corrupt length field cannot make a reader allocate gigabytes.
-/// 64 MiB is ~350,000 chunks, i.e. ~90 GiB of image at the default chunk size.
+/// Chunks take ~2-10 bytes each in the manifest, so this is far beyond any real image.
 pub const MAX_MANIFEST_LEN: u32 = 64 * 1024 * 1024;
 /// Enough for key rotation with a few overlapping keys.
 pub const MAX_SIGNATURES: u32 = 16;
 /// Prefix of every signed message. Includes the format version so a signature made for this
 /// format cannot be replayed as a signature over anything else (another format version, another
 /// Otter object or any other protocol that signs SHA-256 digests with the same key).
-pub const SIGNATURE_DOMAIN: &[u8; 16] = b"otter-bundle-v1\0";
+pub const SIGNATURE_DOMAIN: &[u8; 16] = b"otter-bundle-v2\0";
 
 /// One entry of the signature block.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -222,7 +222,7 @@ mod tests {
         let bytes = encode_header(m, &[sig(1), sig(2)]).unwrap();
         assert_eq!(bytes.len() as u64, payload_start(m.len() as u64, 2));
         assert_eq!(&bytes[..8], b"OTTERBND");
-        assert_eq!(&bytes[8..12], &[1, 0, 0, 0]);
+        assert_eq!(&bytes[8..12], &[2, 0, 0, 0]);
         assert_eq!(&bytes[12..16], &(m.len() as u32).to_le_bytes());
         let mut with_payload = bytes.clone();
         with_payload.extend_from_slice(b"PAYLOAD");
@@ -241,11 +241,11 @@ mod tests {
             read_header(&mut &bad_magic[..], "t"),
             Err(Error::BadMagic { .. })
         ));
-        let mut v2 = good.clone();
-        v2[8] = 2;
+        let mut v1 = good.clone();
+        v1[8] = 1;
         assert!(matches!(
-            read_header(&mut &v2[..], "t"),
-            Err(Error::UnsupportedFormat { version: 2, .. })
+            read_header(&mut &v1[..], "t"),
+            Err(Error::UnsupportedFormat { version: 1, .. })
         ));
         let mut huge = good.clone();
         huge[12..16].copy_from_slice(&(MAX_MANIFEST_LEN + 1).to_le_bytes());
@@ -270,7 +270,7 @@ mod tests {
         let m = b"{}";
         assert_ne!(manifest_digest(m), <[u8; 32]>::from(Sha256::digest(m)));
         let mut h = Sha256::new();
-        h.update(b"otter-bundle-v1\0{}");
+        h.update(b"otter-bundle-v2\0{}");
         assert_eq!(manifest_digest(m), <[u8; 32]>::from(h.finalize()));
     }
 }

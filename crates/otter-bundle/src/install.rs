@@ -1,43 +1,107 @@
-//! Streaming an image from a verified bundle into a slot (block device or a file standing for one).
+//! Installing an image from a verified bundle into a slot (block device or a file standing for
+//! one), reusing what the device already has.
 //!
-//! The chunks come verified from the pipeline in [`crate::stream`] (a reader thread, worker threads
-//! that decompress and hash each chunk against the signed manifest); the calling thread writes
-//! them at their offsets. Memory stays bounded by a few chunks; nothing is spooled to disk. After the last chunk the
-//! target is flushed, its page cache dropped, and the image read back and hashed whole.
+//! 1. The image's block index is fetched and checked against the signed manifest.
+//! 2. With a seed (the active slot), its index is loaded from a saved file or made by reading the
+//!    slot, and [`crate::delta::plan_delta`] decides per chunk: zeros, copy from the seed, or
+//!    fetch. The bytes to fetch are known here, before the download starts.
+//! 3. Seed chunks are assembled from the seed's blocks, every block re-read and checked against
+//!    the new image's index before it is written; a chunk with a mismatching block is fetched
+//!    instead.
+//! 4. The chunks to fetch come verified from the pipeline in [`crate::stream`] (range requests
+//!    merged over small gaps, resumed after dropped connections), and are written at their
+//!    offsets. Memory stays bounded by a few chunks; nothing is spooled to disk.
+//! 5. The target is flushed, its page cache dropped, and the image read back and hashed whole.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Seek, SeekFrom};
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::{FileExt, FileTypeExt, OpenOptionsExt};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::mpsc::sync_channel;
 use std::thread;
 use std::time::Instant;
 
+use serde::Serialize;
 use sha2::{Digest, Sha256};
 
+use crate::delta::{DEFAULT_MAX_GAP, DeltaPlan, coalesce, plan_delta, range_bytes};
 use crate::error::{Error, Result};
+use crate::index::{
+    BLOCK_SIZE, BlockIndex, SavedIndex, SeedMap, SlotIdentity, ZERO_HASH, index_slot,
+};
 use crate::manifest::ImageEntry;
 use crate::reader::{BundleReader, VerifiedBundle};
-use crate::stream::{check_zero_chunks, stream_chunks};
+use crate::stream::{check_zero_chunks, first_bad_block, stream_chunks};
 
-/// Reported after every chunk written and every block read back.
+/// What an install is doing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Stage {
+    /// Fetching the block index, indexing the seed, planning.
+    #[default]
+    Planning,
+    /// Writing zeros and chunks assembled from the seed.
+    Reusing,
+    /// Downloading and writing the chunks the seed lacks.
+    Fetching,
+    /// Reading the slot back and hashing it.
+    Verifying,
+}
+
+/// Reported often during an install.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Progress {
+    pub stage: Stage,
     /// Image bytes written to the target so far.
     pub done_bytes: u64,
     /// Image size.
     pub total_bytes: u64,
-    /// Payload bytes read from the bundle (compressed; zero chunks cost nothing).
+    /// Payload bytes read from the bundle so far (compressed: block index, fetched chunks and the
+    /// gaps merged between them).
     pub fetched_bytes: u64,
+    /// Payload bytes this install reads in all: known once planning is done, before the chunk
+    /// download starts; grows only if a seed block turns out not to match (it is fetched then).
+    pub fetch_total: u64,
+    /// Image bytes copied from the seed so far.
+    pub reused_bytes: u64,
+    /// Seed bytes read and indexed (only when the seed has no usable saved index).
+    pub seed_indexed_bytes: u64,
     /// Image bytes read back from the target and hashed (the final verification pass).
     pub verified_bytes: u64,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq)]
+/// How the seed was indexed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case", tag = "kind")]
+pub enum SeedIndexSource {
+    /// From the saved index file.
+    Saved,
+    /// By reading the seed slot, because the saved index was not usable (the reason says why).
+    Scanned { reason: String },
+    /// The seed could not be read at all: the install fetched everything.
+    Unusable { reason: String },
+}
+
+#[derive(Debug, Clone, PartialEq)]
 pub struct InstallReport {
     pub bytes_written: u64,
+    /// Payload bytes read from the bundle: block index, chunks, merged gaps.
     pub bytes_fetched: u64,
+    /// Image bytes copied from the seed (zeros not counted).
+    pub bytes_reused: u64,
+    /// Payload bytes the plan said would be read, before the download started.
+    pub fetch_planned: u64,
+    /// Ranges read for chunks: one HTTP request each, not counting resumes.
+    pub requests: usize,
+    /// The plan (a full install's plan when there is no seed).
+    pub plan: DeltaPlan,
+    pub seed_index: Option<SeedIndexSource>,
+    /// Chunks planned from the seed that had a mismatching block, and were fetched instead.
+    pub seed_mismatches: u64,
+    /// Set when [`InstallOptions::save_index`] was asked for and failing: the install itself is
+    /// good; the next delta will index the slot instead.
+    pub index_save_error: Option<String>,
     /// Wall time of the whole install, including the read-back verification.
     pub seconds: f64,
     /// Part of `seconds` spent in fsync and the read-back verification.
@@ -58,21 +122,51 @@ pub enum ReadBack {
     PageCache,
 }
 
+/// Blocks the device already has: its active slot.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Seed {
+    /// The active slot (block device or file). Only read, never written.
+    pub slot: PathBuf,
+    /// A saved index of `slot` ([`SavedIndex`]) and what the slot must hold for it to be used.
+    /// When it is `None`, missing, damaged or describes something else, the slot is read and
+    /// indexed instead (slower, same result).
+    pub saved_index: Option<(PathBuf, SlotIdentity)>,
+}
+
 /// Tuning for [`VerifiedBundle::install_image_with`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct InstallOptions {
     pub read_back: ReadBack,
+    /// Reuse blocks from this slot (delta install).
+    pub seed: Option<Seed>,
+    /// Merge fetched ranges closer than this many bytes into one request.
+    pub max_gap: u64,
+    /// After a verified install, save the new image's block index here, so the next delta
+    /// install with this slot as its seed need not read the slot.
+    pub save_index: Option<PathBuf>,
+}
+
+impl Default for InstallOptions {
+    fn default() -> Self {
+        InstallOptions {
+            read_back: ReadBack::default(),
+            seed: None,
+            max_gap: DEFAULT_MAX_GAP,
+            save_index: None,
+        }
+    }
 }
 
 /// Read-back block size.
 const READBACK_BLOCK: usize = 4 * 1024 * 1024;
 
 impl VerifiedBundle {
-    /// Writes image `image` into `target` and verifies it. Returns Ok only when every chunk
-    /// matched its signed hash before being written and the target's first `size` bytes read back
-    /// match the image's signed SHA-256. Before the first write it checks that the image exists,
-    /// that zero chunks are consistent, that the target exists and is large enough, and that the
-    /// bundle is complete (when its length is known); a failure there leaves the target untouched.
+    /// Writes image `image` into `target` and verifies it. Returns Ok only when every block
+    /// matched its signed hash before being written and the target's first `size` bytes read
+    /// back match the image's signed SHA-256. Before the first write it checks that the image
+    /// exists, that the target exists and is large enough, that the bundle is complete (when its
+    /// length is known), and fetches and checks the block index; a failure there leaves the
+    /// target untouched.
     ///
     /// Call [`VerifiedBundle::check_policy`] first.
     pub fn install_image(
@@ -90,7 +184,7 @@ impl VerifiedBundle {
         )
     }
 
-    /// [`Self::install_image`] with explicit options.
+    /// [`Self::install_image`] with explicit options: a seed for a delta install, read-back mode.
     pub fn install_image_with(
         &mut self,
         image: &str,
@@ -117,7 +211,6 @@ fn install(
     })?;
 
     // --- Everything that can be checked before touching the target. ---
-    check_zero_chunks(entry)?;
     let (file, capacity) = open_target(target)?;
     if entry.size > capacity {
         return Err(Error::TargetTooSmall {
@@ -128,14 +221,116 @@ fn install(
         });
     }
     reader.check_complete()?;
+    if let Some(seed) = &opts.seed {
+        check_seed_is_not_target(&seed.slot, target)?;
+    }
+    let mut p = Progress {
+        total_bytes: entry.size,
+        ..Progress::default()
+    };
+    progress(p);
+    let index = reader.read_index(image)?;
+    check_zero_chunks(entry, &index)?;
+    p.fetched_bytes = entry.index.csize;
+    progress(p);
 
-    // --- Stream, verify, write. ---
-    let fetched = write_chunks(reader, entry, &file, target, progress)?;
+    // --- Plan. ---
+    let (seed_map, seed_index) = match &opts.seed {
+        Some(seed) => match seed_index(seed, &mut |n| {
+            p.seed_indexed_bytes = n;
+            progress(p);
+        }) {
+            Ok((ix, how)) => (Some(SeedMap::new(&ix)), Some(how)),
+            // A seed is an optimisation: without it, the install fetches everything.
+            Err(e) => {
+                tracing::warn!(seed = %seed.slot.display(), error = %e, "seed slot unusable; installing in full");
+                (
+                    None,
+                    Some(SeedIndexSource::Unusable {
+                        reason: e.to_string(),
+                    }),
+                )
+            }
+        },
+        None => (None, None),
+    };
+    let plan = plan_delta(entry, &index, seed_map.as_ref());
+    let mut fetch = plan.fetch_list();
+    let gap = match reader.source.ranges_supported() {
+        Some(false) => u64::MAX,
+        _ => opts.max_gap,
+    };
+    let fetch_planned = entry.index.csize + range_bytes(&coalesce(entry, &fetch, gap));
+    p.fetch_total = fetch_planned;
+    p.stage = Stage::Reusing;
+    progress(p);
+
+    // --- Zeros and seed chunks. ---
+    let mut mismatches = Vec::new();
+    if let (Some(seed), Some(map)) = (&opts.seed, &seed_map) {
+        let seed_file = File::open(&seed.slot)
+            .map_err(|e| Error::io("cannot open seed slot", &seed.slot, e))?;
+        // Read ahead: seed blocks are mostly read in ascending runs.
+        // SAFETY: plain syscall on a file descriptor we own; no memory is passed.
+        unsafe {
+            libc::posix_fadvise(seed_file.as_raw_fd(), 0, 0, libc::POSIX_FADV_SEQUENTIAL);
+        }
+        reuse_chunks(
+            entry,
+            &index,
+            &plan,
+            &seed_file,
+            &seed.slot,
+            map,
+            &file,
+            target,
+            &mut |n, reused| {
+                p.done_bytes += n;
+                p.reused_bytes += reused;
+                progress(p);
+            },
+            &mut mismatches,
+        )?;
+    } else {
+        write_zero_chunks(entry, &plan, &file, target, &mut |n| {
+            p.done_bytes += n;
+            progress(p);
+        })?;
+    }
+    if !mismatches.is_empty() {
+        tracing::warn!(
+            chunks = mismatches.len(),
+            "seed blocks did not match; fetching those chunks"
+        );
+        fetch.extend_from_slice(&mismatches);
+        fetch.sort_unstable();
+        p.fetch_total = entry.index.csize + range_bytes(&coalesce(entry, &fetch, gap));
+    }
+
+    // --- Fetch, verify, write. ---
+    p.stage = Stage::Fetching;
+    progress(p);
+    let stats = stream_chunks(reader, entry, &index, &fetch, opts.max_gap, &mut |chunk| {
+        let offset = entry.chunk_offset(chunk.index);
+        file.write_all_at(chunk.data, offset)
+            .map_err(|e| Error::Write {
+                target: target.to_owned(),
+                offset,
+                source: e,
+            })?;
+        p.done_bytes += chunk.data.len() as u64;
+        p.fetched_bytes = entry.index.csize + chunk.fetched;
+        progress(p);
+        Ok(())
+    })?;
+    let fetched = entry.index.csize + stats.fetched;
+    p.fetched_bytes = fetched;
     let written_at = Instant::now();
     file.sync_all()
         .map_err(|e| Error::io("cannot flush (fsync) target", target, e))?;
 
     // --- Read back. ---
+    p.stage = Stage::Verifying;
     if opts.read_back == ReadBack::Storage {
         // Drop the cached pages so the read-back comes from the storage, not from what we just
         // wrote. Best effort: it is only advice to the kernel.
@@ -146,25 +341,197 @@ fn install(
     }
     let total = entry.size;
     let digest = hash_prefix(&file, total, target, "cannot read back target", &mut |n| {
-        progress(Progress {
-            done_bytes: total,
-            total_bytes: total,
-            fetched_bytes: fetched,
-            verified_bytes: n,
-        })
+        p.verified_bytes = n;
+        progress(p)
     })?;
     if digest != entry.sha256 {
         return Err(Error::ReadBackMismatch {
             image: entry.name.clone(),
             target: target.to_owned(),
-            chunk: first_bad_chunk(&file, entry, target)?,
+            chunk: first_bad_chunk(&file, entry, &index, target)?,
         });
     }
+    let index_save_error = opts.save_index.as_ref().and_then(|path| {
+        SavedIndex {
+            identity: SlotIdentity {
+                version: manifest.version.clone(),
+                size: entry.size,
+                sha256: entry.sha256.clone(),
+            },
+            index,
+        }
+        .save(path)
+        .err()
+        .map(|e| e.to_string())
+    });
     Ok(InstallReport {
         bytes_written: total,
         bytes_fetched: fetched,
+        bytes_reused: p.reused_bytes,
+        fetch_planned,
+        requests: stats.ranges,
+        plan,
+        seed_index,
+        seed_mismatches: mismatches.len() as u64,
+        index_save_error,
         seconds: started.elapsed().as_secs_f64(),
         verify_seconds: written_at.elapsed().as_secs_f64(),
+    })
+}
+
+/// Writing the new image over the seed would destroy the blocks it copies from.
+fn check_seed_is_not_target(seed: &Path, target: &Path) -> Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    // A seed that does not exist is reported later as unusable (the install goes on in full).
+    let (Ok(s), Ok(t)) = (fs::metadata(seed), fs::metadata(target)) else {
+        return Ok(());
+    };
+    let same = (s.dev() == t.dev() && s.ino() == t.ino())
+        || (s.file_type().is_block_device() && s.rdev() == t.rdev());
+    if same {
+        return Err(Error::InvalidOptions(format!(
+            "seed slot {} is the install target {}; the seed must be the other (active) slot",
+            seed.display(),
+            target.display()
+        )));
+    }
+    Ok(())
+}
+
+/// The seed's block index: the saved one if it describes what the slot holds, else made by
+/// reading the slot.
+fn seed_index(seed: &Seed, progress: &mut dyn FnMut(u64)) -> Result<(BlockIndex, SeedIndexSource)> {
+    let reason = match &seed.saved_index {
+        None => "no saved index".to_string(),
+        Some((path, expect)) => match SavedIndex::load(path) {
+            Ok(saved) if &saved.identity == expect => {
+                return Ok((saved.index, SeedIndexSource::Saved));
+            }
+            Ok(saved) => format!(
+                "saved index {} is stale: it describes version {} ({} bytes, sha256 {}), the slot holds version {} ({} bytes, sha256 {})",
+                path.display(),
+                saved.identity.version,
+                saved.identity.size,
+                saved.identity.sha256,
+                expect.version,
+                expect.size,
+                expect.sha256
+            ),
+            Err(e) => e.to_string(),
+        },
+    };
+    tracing::info!(slot = %seed.slot.display(), %reason, "indexing the seed slot");
+    // The image size, when known, bounds the read; else the whole slot.
+    let len = seed.saved_index.as_ref().map(|(_, id)| id.size);
+    let ix = match index_slot(&seed.slot, len, progress) {
+        Err(Error::Io { .. }) if len.is_some() => index_slot(&seed.slot, None, progress)?,
+        other => other?,
+    };
+    Ok((ix, SeedIndexSource::Scanned { reason }))
+}
+
+/// Writes every zero chunk (a full install: the slot still holds the old OS there).
+fn write_zero_chunks(
+    entry: &ImageEntry,
+    plan: &DeltaPlan,
+    file: &File,
+    target: &Path,
+    progress: &mut dyn FnMut(u64),
+) -> Result<()> {
+    let zeros = vec![0u8; entry.chunk_size as usize];
+    for (i, s) in plan.sources.iter().enumerate() {
+        if *s == crate::delta::ChunkSource::Zero {
+            let len = entry.chunk_len(i);
+            write_at(file, &zeros[..len], entry.chunk_offset(i), target)?;
+            progress(len as u64);
+        }
+    }
+    Ok(())
+}
+
+/// Writes zero chunks and chunks assembled from the seed. Every non-zero block is read from the
+/// seed and checked against the new image's index before its chunk is written; a chunk with a
+/// block that does not match is left out and its index pushed to `mismatches`.
+#[allow(clippy::too_many_arguments)]
+fn reuse_chunks(
+    entry: &ImageEntry,
+    index: &BlockIndex,
+    plan: &DeltaPlan,
+    seed: &File,
+    seed_path: &Path,
+    map: &SeedMap,
+    file: &File,
+    target: &Path,
+    progress: &mut dyn FnMut(u64, u64),
+    mismatches: &mut Vec<usize>,
+) -> Result<()> {
+    use crate::delta::ChunkSource;
+    let bs = BLOCK_SIZE as usize;
+    let per = entry.chunk_blocks() as usize;
+    let mut buf = vec![0u8; entry.chunk_size as usize];
+    for (i, s) in plan.sources.iter().enumerate() {
+        let len = entry.chunk_len(i);
+        let chunk = &mut buf[..len];
+        match s {
+            ChunkSource::Fetch => continue,
+            ChunkSource::Zero => chunk.fill(0),
+            ChunkSource::Seed => {
+                let first = i * per;
+                let hashes = &index.hashes()[first..first + len.div_ceil(bs)];
+                // Runs of blocks that are consecutive in the seed are read with one pread.
+                let mut k = 0;
+                let mut ok = true;
+                // Only the image's last block can be short; it is never taken from the seed.
+                let full = |k: usize| (k + 1) * bs <= len;
+                while k < hashes.len() {
+                    if hashes[k] == ZERO_HASH {
+                        chunk[k * bs..((k + 1) * bs).min(len)].fill(0);
+                        k += 1;
+                        continue;
+                    }
+                    let found = if full(k) { map.find(&hashes[k]) } else { None };
+                    let Some(at) = found else {
+                        ok = false; // the plan said otherwise: fetch it
+                        break;
+                    };
+                    let mut n = 1;
+                    while k + n < hashes.len()
+                        && full(k + n)
+                        && hashes[k + n] != ZERO_HASH
+                        && map.find(&hashes[k + n]) == Some(at + (n * bs) as u64)
+                    {
+                        n += 1;
+                    }
+                    if let Err(e) = seed.read_exact_at(&mut chunk[k * bs..(k + n) * bs], at) {
+                        // A seed that cannot be read is like one that does not match.
+                        tracing::warn!(seed = %seed_path.display(), offset = at, error = %e, "cannot read seed; fetching the chunk");
+                        ok = false;
+                        break;
+                    }
+                    k += n;
+                }
+                if !ok || first_bad_block(chunk, hashes).is_some() {
+                    mismatches.push(i);
+                    continue;
+                }
+            }
+        }
+        write_at(file, chunk, entry.chunk_offset(i), target)?;
+        let reused = if *s == ChunkSource::Seed {
+            len as u64
+        } else {
+            0
+        };
+        progress(len as u64, reused);
+    }
+    Ok(())
+}
+
+fn write_at(file: &File, data: &[u8], offset: u64, target: &Path) -> Result<()> {
+    file.write_all_at(data, offset).map_err(|e| Error::Write {
+        target: target.to_owned(),
+        offset,
+        source: e,
     })
 }
 
@@ -233,44 +600,21 @@ fn open_target(target: &Path) -> Result<(File, u64)> {
     Ok((file, capacity))
 }
 
-/// Streams the verified chunks into `file`. Returns the number of payload bytes fetched.
-fn write_chunks(
-    reader: &BundleReader,
-    entry: &ImageEntry,
+/// After a whole-image mismatch: the first chunk whose bytes on the target differ from the index.
+fn first_bad_chunk(
     file: &File,
+    entry: &ImageEntry,
+    index: &BlockIndex,
     target: &Path,
-    progress: &mut dyn FnMut(Progress),
-) -> Result<u64> {
-    let total = entry.size;
-    let mut done = 0u64;
-    stream_chunks(reader, entry, &mut |chunk| {
-        let offset = entry.chunk_offset(chunk.index);
-        file.write_all_at(chunk.data, offset)
-            .map_err(|e| Error::Write {
-                target: target.to_owned(),
-                offset,
-                source: e,
-            })?;
-        done += chunk.data.len() as u64;
-        progress(Progress {
-            done_bytes: done,
-            total_bytes: total,
-            fetched_bytes: chunk.fetched,
-            verified_bytes: 0,
-        });
-        Ok(())
-    })
-}
-
-/// After a whole-image mismatch: find the first chunk whose bytes on the target differ.
-fn first_bad_chunk(file: &File, entry: &ImageEntry, target: &Path) -> Result<Option<u64>> {
+) -> Result<Option<u64>> {
     let mut buf = vec![0u8; entry.chunk_size as usize];
-    for (index, c) in entry.chunks.iter().enumerate() {
-        let data = &mut buf[..c.size as usize];
-        file.read_exact_at(data, entry.chunk_offset(index))
+    let per = entry.chunk_blocks() as usize;
+    for i in 0..entry.chunks.len() {
+        let data = &mut buf[..entry.chunk_len(i)];
+        file.read_exact_at(data, entry.chunk_offset(i))
             .map_err(|e| Error::io("cannot read back target", target, e))?;
-        if hex::encode(Sha256::digest(&data[..])) != c.sha256 {
-            return Ok(Some(index as u64));
+        if first_bad_block(data, &index.hashes()[i * per..]).is_some() {
+            return Ok(Some(i as u64));
         }
     }
     Ok(None)
@@ -374,34 +718,36 @@ mod tests {
 
     #[test]
     fn read_back_names_the_differing_chunk() {
-        use crate::manifest::Chunk;
+        use crate::index::block_hash;
+        use crate::manifest::IndexRef;
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("slot");
         let data: Vec<u8> = (0..10_000u32).map(|i| (i % 251) as u8).collect();
-        let chunks = data
-            .chunks(4096)
-            .map(|c| Chunk {
-                sha256: hex::encode(Sha256::digest(c)),
-                size: c.len() as u32,
-                offset: 0,
-                csize: 1,
-            })
-            .collect();
+        let hashes = data.chunks(4096).map(block_hash).collect();
+        let index = BlockIndex::new(data.len() as u64, hashes).unwrap();
         let entry = ImageEntry {
             name: "rootfs".into(),
             size: data.len() as u64,
             sha256: hex::encode(Sha256::digest(&data)),
+            block_size: 4096,
             chunk_size: 4096,
-            chunks,
+            index: IndexRef {
+                offset: 0,
+                csize: 1,
+                size: 48,
+                sha256: "0".repeat(64),
+            },
+            chunks_offset: 1,
+            chunks: vec![1, 1, 1],
         };
         fs::write(&p, &data).unwrap();
         let f = File::open(&p).unwrap();
-        assert_eq!(first_bad_chunk(&f, &entry, &p).unwrap(), None);
+        assert_eq!(first_bad_chunk(&f, &entry, &index, &p).unwrap(), None);
         let mut bad = data.clone();
         bad[9000] ^= 1;
         fs::write(&p, &bad).unwrap();
         let f = File::open(&p).unwrap();
-        assert_eq!(first_bad_chunk(&f, &entry, &p).unwrap(), Some(2));
+        assert_eq!(first_bad_chunk(&f, &entry, &index, &p).unwrap(), Some(2));
     }
 
     #[test]

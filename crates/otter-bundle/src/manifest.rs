@@ -1,5 +1,6 @@
 //! The manifest: JSON describing what a bundle contains. It is the signed part of a bundle; the
-//! payload is trusted only through the chunk hashes listed here.
+//! payload is trusted only through the hashes listed here: each image's whole SHA-256 and the
+//! SHA-256 of its block index, which holds a hash of every 4 KiB block.
 
 use std::collections::{BTreeMap, HashSet};
 
@@ -7,11 +8,15 @@ use serde::{Deserialize, Serialize};
 
 use crate::FORMAT_VERSION;
 use crate::error::{Error, Result};
+use crate::index::{BLOCK_SIZE, HASH_LEN};
 
 /// Largest accepted chunk size; bounds the memory an install needs per in-flight chunk.
 pub const MAX_CHUNK_SIZE: u32 = 64 * 1024 * 1024;
-/// Chunks are multiples of 4 KiB so every write to a block device is aligned to its blocks.
-pub const CHUNK_ALIGN: u32 = 4096;
+/// Chunks are whole numbers of blocks, so every write to a block device is aligned to its blocks.
+pub const CHUNK_ALIGN: u32 = BLOCK_SIZE;
+/// Largest block index: readers hold an image's index in memory. 1 GiB of index is a 256 GiB
+/// image, far beyond any slot.
+pub const MAX_INDEX_SIZE: u64 = 1 << 30;
 /// More images than this in one bundle is surely a mistake (an A/B slot holds one or two).
 pub const MAX_IMAGES: usize = 64;
 
@@ -39,27 +44,31 @@ pub struct ImageEntry {
     pub size: u64,
     /// Lowercase hex SHA-256 of the whole raw image.
     pub sha256: String,
-    /// Raw size of every chunk but the last.
+    /// Granularity of the block index: always 4096.
+    pub block_size: u32,
+    /// Raw size of every chunk but the last: a multiple of `block_size`.
     pub chunk_size: u32,
-    pub chunks: Vec<Chunk>,
+    /// The block index section of this image (see [`crate::BlockIndex`]).
+    pub index: IndexRef,
+    /// Payload offset of this image's first chunk frame.
+    pub chunks_offset: u64,
+    /// Compressed length of each chunk, in image order; 0 means an all-zero chunk that has no
+    /// payload bytes. Chunk frames are packed, so chunk `i` starts at `chunks_offset` plus the
+    /// sum of the lengths before it.
+    pub chunks: Vec<u64>,
 }
 
+/// Where an image's block index lies in the payload, and its hash.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Chunk {
-    /// Lowercase hex SHA-256 of the raw chunk bytes.
-    pub sha256: String,
-    /// Raw length.
-    pub size: u32,
-    /// Offset of the compressed bytes, relative to the payload start.
+pub struct IndexRef {
+    /// Payload offset of the index's zstd frame.
     pub offset: u64,
-    /// Compressed length; 0 means an all-zero chunk that has no payload bytes.
+    /// Compressed length of the frame.
     pub csize: u64,
-}
-
-impl Chunk {
-    pub fn is_zero(&self) -> bool {
-        self.csize == 0
-    }
+    /// Raw length: 16 bytes per block.
+    pub size: u64,
+    /// Lowercase hex SHA-256 of the raw index.
+    pub sha256: String,
 }
 
 impl Manifest {
@@ -67,9 +76,12 @@ impl Manifest {
         self.images.iter().find(|i| i.name == name)
     }
 
-    /// Total payload length in bytes (all stored chunks of all images).
+    /// Total payload length in bytes (block indexes and stored chunks of all images).
     pub fn payload_size(&self) -> u64 {
-        self.images.iter().map(|i| i.stored_bytes()).sum()
+        self.images
+            .iter()
+            .map(|i| i.index.csize + i.chunk_bytes())
+            .sum()
     }
 
     /// Parses and checks the manifest's internal consistency. Does not establish trust.
@@ -81,8 +93,9 @@ impl Manifest {
     }
 
     /// Checks everything install relies on, so install never trusts a field it did not check:
-    /// chunk count and sizes add up to the image size, stored chunks are packed back to back in
-    /// manifest order (this makes the payload one sequential stream per image), compressed
+    /// chunk count and index length follow from the image size, the block indexes are packed
+    /// at the start of the payload in manifest order, the chunk frames are packed after them
+    /// image by image (so each image's chunks are one contiguous range), and compressed
     /// lengths are bounded (this bounds memory).
     pub fn check(&self) -> std::result::Result<(), String> {
         if self.format != FORMAT_VERSION {
@@ -103,14 +116,20 @@ impl Manifest {
             ));
         }
         let mut names = HashSet::new();
-        let mut offset = 0u64;
+        let mut index_offset = 0u64;
         for img in &self.images {
             check_image_name(&img.name).map_err(|e| e.to_string())?;
             if !names.insert(img.name.as_str()) {
                 return Err(format!("image name {:?} appears twice", img.name));
             }
-            offset = img
-                .check(offset)
+            index_offset = img
+                .check_index(index_offset)
+                .map_err(|e| format!("image {:?}: {e}", img.name))?;
+        }
+        let mut chunk_offset = index_offset;
+        for img in &self.images {
+            chunk_offset = img
+                .check_chunks(chunk_offset)
                 .map_err(|e| format!("image {:?}: {e}", img.name))?;
         }
         Ok(())
@@ -118,23 +137,33 @@ impl Manifest {
 }
 
 impl ImageEntry {
-    /// Bytes this image occupies in the payload.
+    /// Number of index blocks (the last may be partial).
+    pub fn n_blocks(&self) -> u64 {
+        self.size.div_ceil(u64::from(self.block_size.max(1)))
+    }
+
+    /// Blocks per chunk.
+    pub fn chunk_blocks(&self) -> u64 {
+        u64::from(self.chunk_size / self.block_size.max(1))
+    }
+
+    /// Bytes of chunk frames of this image in the payload (the index not included).
+    pub fn chunk_bytes(&self) -> u64 {
+        self.chunks.iter().sum()
+    }
+
+    /// Payload bytes of this image: its index and its chunks.
     pub fn stored_bytes(&self) -> u64 {
-        self.chunks.iter().map(|c| c.csize).sum()
+        self.index.csize + self.chunk_bytes()
     }
 
-    /// Where this image's compressed bytes start in the payload.
-    pub fn payload_start(&self) -> u64 {
-        self.chunks.first().map_or(0, |c| c.offset)
-    }
-
-    /// One past the last payload byte of this image.
-    pub fn payload_end(&self) -> u64 {
-        self.payload_start() + self.stored_bytes()
+    /// One past the last payload byte of this image's chunks.
+    pub fn chunks_end(&self) -> u64 {
+        self.chunks_offset + self.chunk_bytes()
     }
 
     pub fn zero_chunks(&self) -> usize {
-        self.chunks.iter().filter(|c| c.is_zero()).count()
+        self.chunks.iter().filter(|&&c| c == 0).count()
     }
 
     /// Byte offset of chunk `index` in the raw image (and in the target).
@@ -142,12 +171,36 @@ impl ImageEntry {
         index as u64 * u64::from(self.chunk_size)
     }
 
-    /// Returns the payload offset just after this image.
-    fn check(&self, mut offset: u64) -> std::result::Result<u64, String> {
+    /// Raw length of chunk `index`.
+    pub fn chunk_len(&self, index: usize) -> usize {
+        (self.size - self.chunk_offset(index)).min(u64::from(self.chunk_size)) as usize
+    }
+
+    /// Payload offset of every chunk's frame, and the end, in one pass: `n_chunks + 1` values.
+    pub fn chunk_payload_offsets(&self) -> Vec<u64> {
+        let mut out = Vec::with_capacity(self.chunks.len() + 1);
+        let mut o = self.chunks_offset;
+        out.push(o);
+        for c in &self.chunks {
+            o += c;
+            out.push(o);
+        }
+        out
+    }
+
+    /// Checks size, block and chunk geometry and the index reference; returns the payload
+    /// offset just after this image's index.
+    fn check_index(&self, offset: u64) -> std::result::Result<u64, String> {
         if self.size == 0 {
             return Err("size is 0".into());
         }
         check_hex_digest(&self.sha256).map_err(|e| format!("sha256: {e}"))?;
+        if self.block_size != BLOCK_SIZE {
+            return Err(format!(
+                "block_size {} is not {BLOCK_SIZE}",
+                self.block_size
+            ));
+        }
         if self.chunk_size < CHUNK_ALIGN
             || self.chunk_size > MAX_CHUNK_SIZE
             || !self.chunk_size.is_multiple_of(CHUNK_ALIGN)
@@ -157,6 +210,47 @@ impl ImageEntry {
                 self.chunk_size
             ));
         }
+        let expect_index = self
+            .n_blocks()
+            .checked_mul(HASH_LEN as u64)
+            .ok_or("image size overflows")?;
+        let ix = &self.index;
+        if expect_index > MAX_INDEX_SIZE {
+            return Err(format!(
+                "size {} is beyond the largest image this format takes ({} GiB)",
+                self.size,
+                (MAX_INDEX_SIZE / HASH_LEN as u64 * u64::from(BLOCK_SIZE)) >> 30
+            ));
+        }
+        if ix.size != expect_index {
+            return Err(format!(
+                "index size {} but a {} byte image has {} blocks of {HASH_LEN} bytes = {expect_index}",
+                ix.size,
+                self.size,
+                self.n_blocks()
+            ));
+        }
+        check_hex_digest(&ix.sha256).map_err(|e| format!("index sha256: {e}"))?;
+        if ix.offset != offset {
+            return Err(format!(
+                "index payload offset {} but indexes must be packed at the payload start, expected {offset}",
+                ix.offset
+            ));
+        }
+        let bound = zstd::zstd_safe::compress_bound(ix.size as usize) as u64;
+        if ix.csize == 0 || ix.csize > bound {
+            return Err(format!(
+                "index compressed size {} is outside 1..={bound}",
+                ix.csize
+            ));
+        }
+        offset
+            .checked_add(ix.csize)
+            .ok_or_else(|| "index payload offset overflows".into())
+    }
+
+    /// Checks the chunk list; returns the payload offset just after this image's chunks.
+    fn check_chunks(&self, offset: u64) -> std::result::Result<u64, String> {
         let cs = u64::from(self.chunk_size);
         let expected_chunks = self.size.div_ceil(cs);
         if self.chunks.len() as u64 != expected_chunks {
@@ -166,33 +260,25 @@ impl ImageEntry {
                 self.size
             ));
         }
+        if self.chunks_offset != offset {
+            return Err(format!(
+                "chunks start at payload offset {} but chunks must be packed after the indexes and the previous image, expected {offset}",
+                self.chunks_offset
+            ));
+        }
         let max_csize = zstd::zstd_safe::compress_bound(self.chunk_size as usize) as u64;
-        for (i, c) in self.chunks.iter().enumerate() {
-            let expect_size = (self.size - i as u64 * cs).min(cs);
-            if u64::from(c.size) != expect_size {
+        let mut end = offset;
+        for (i, &c) in self.chunks.iter().enumerate() {
+            if c > max_csize {
                 return Err(format!(
-                    "chunk {i}: size {} but expected {expect_size}",
-                    c.size
+                    "chunk {i}: compressed size {c} exceeds the zstd bound {max_csize}"
                 ));
             }
-            check_hex_digest(&c.sha256).map_err(|e| format!("chunk {i}: sha256: {e}"))?;
-            if c.offset != offset {
-                return Err(format!(
-                    "chunk {i}: payload offset {} but chunks must be packed, expected {offset}",
-                    c.offset
-                ));
-            }
-            if c.csize > max_csize {
-                return Err(format!(
-                    "chunk {i}: compressed size {} exceeds the zstd bound {max_csize}",
-                    c.csize
-                ));
-            }
-            offset = offset
-                .checked_add(c.csize)
+            end = end
+                .checked_add(c)
                 .ok_or_else(|| format!("chunk {i}: payload offset overflows"))?;
         }
-        Ok(offset)
+        Ok(end)
     }
 }
 
@@ -258,27 +344,16 @@ mod tests {
                 name: "rootfs".into(),
                 size: 10000,
                 sha256: h.clone(),
+                block_size: 4096,
                 chunk_size: 4096,
-                chunks: vec![
-                    Chunk {
-                        sha256: h.clone(),
-                        size: 4096,
-                        offset: 0,
-                        csize: 100,
-                    },
-                    Chunk {
-                        sha256: h.clone(),
-                        size: 4096,
-                        offset: 100,
-                        csize: 0,
-                    },
-                    Chunk {
-                        sha256: h.clone(),
-                        size: 1808,
-                        offset: 100,
-                        csize: 50,
-                    },
-                ],
+                index: IndexRef {
+                    offset: 0,
+                    csize: 20,
+                    size: 48,
+                    sha256: h.clone(),
+                },
+                chunks_offset: 20,
+                chunks: vec![100, 0, 50],
             }],
             metadata: BTreeMap::new(),
         }
@@ -290,9 +365,11 @@ mod tests {
         m.check().unwrap();
         let json = serde_json::to_vec(&m).unwrap();
         assert_eq!(Manifest::from_json(&json).unwrap(), m);
-        assert_eq!(m.payload_size(), 150);
-        assert_eq!(m.images[0].payload_end(), 150);
+        assert_eq!(m.payload_size(), 170);
+        assert_eq!(m.images[0].chunks_end(), 170);
         assert_eq!(m.images[0].zero_chunks(), 1);
+        assert_eq!(m.images[0].chunk_payload_offsets(), vec![20, 120, 120, 170]);
+        assert_eq!(m.images[0].chunk_len(2), 1808);
         // metadata is optional on input and omitted when empty
         assert!(!String::from_utf8(json).unwrap().contains("metadata"));
     }
@@ -301,35 +378,40 @@ mod tests {
     fn inconsistencies_are_rejected() {
         type Mutation = Box<dyn Fn(&mut Manifest)>;
         let cases: Vec<(&str, Mutation)> = vec![
-            ("format", Box::new(|m| m.format = 2)),
+            ("format", Box::new(|m| m.format = 1)),
             ("compatible", Box::new(|m| m.compatible = "a b".into())),
             ("version", Box::new(|m| m.version = "1.2".into())),
             ("no images", Box::new(|m| m.images.clear())),
-            ("last size", Box::new(|m| m.images[0].chunks[2].size = 1809)),
             ("image size", Box::new(|m| m.images[0].size = 20000)),
+            (
+                "huge image",
+                Box::new(|m| {
+                    let img = &mut m.images[0];
+                    img.size = 1 << 50;
+                    img.index.size = (1u64 << 50) / 4096 * 16;
+                }),
+            ),
             (
                 "missing chunk",
                 Box::new(|m| {
                     m.images[0].chunks.pop();
                 }),
             ),
-            ("gap", Box::new(|m| m.images[0].chunks[2].offset = 101)),
+            ("chunks gap", Box::new(|m| m.images[0].chunks_offset = 21)),
+            ("index offset", Box::new(|m| m.images[0].index.offset = 1)),
+            ("index size", Box::new(|m| m.images[0].index.size = 32)),
+            ("index csize", Box::new(|m| m.images[0].index.csize = 0)),
             (
                 "hex",
-                Box::new(|m| m.images[0].chunks[0].sha256 = "AB".repeat(32)),
+                Box::new(|m| m.images[0].index.sha256 = "AB".repeat(32)),
             ),
+            ("block size", Box::new(|m| m.images[0].block_size = 512)),
             ("chunk size", Box::new(|m| m.images[0].chunk_size = 5000)),
-            (
-                "csize bound",
-                Box::new(|m| m.images[0].chunks[2].csize = 1 << 40),
-            ),
+            ("csize bound", Box::new(|m| m.images[0].chunks[2] = 1 << 40)),
             (
                 "dup name",
                 Box::new(|m| {
-                    let mut i = m.images[0].clone();
-                    for c in &mut i.chunks {
-                        c.offset += 150;
-                    }
+                    let i = m.images[0].clone();
                     m.images.push(i);
                 }),
             ),
@@ -339,6 +421,19 @@ mod tests {
             f(&mut m);
             assert!(m.check().is_err(), "{what} should be rejected");
         }
+    }
+
+    #[test]
+    fn two_images_pack_indexes_first() {
+        let mut m = sample();
+        let mut second = m.images[0].clone();
+        second.name = "boot".into();
+        second.index.offset = 20;
+        m.images[0].chunks_offset = 40;
+        second.chunks_offset = 190;
+        m.images.push(second);
+        m.check().unwrap();
+        assert_eq!(m.payload_size(), 340);
     }
 
     #[test]

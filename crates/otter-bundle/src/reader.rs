@@ -1,11 +1,15 @@
 //! Opening a bundle, checking its signatures and the install policy. Only a [`VerifiedBundle`]
 //! can install, so the type system guarantees that nothing is written before the signature check.
 
+use sha2::{Digest, Sha256};
+
 use crate::error::{Error, Result};
 use crate::format::{self, SignatureEntry};
+use crate::index::BlockIndex;
 use crate::keys::{PublicKey, fingerprint_of};
 use crate::manifest::{Manifest, parse_version};
 use crate::source::Source;
+use crate::stream::read_full;
 
 /// An opened bundle whose header has been parsed but whose signatures are not checked yet.
 pub struct BundleReader {
@@ -59,7 +63,7 @@ impl BundleReader {
         &self.manifest_bytes
     }
 
-    /// Hex of the signed digest: SHA-256("otter-bundle-v1\0" || manifest bytes).
+    /// Hex of the signed digest: SHA-256("otter-bundle-v2\0" || manifest bytes).
     pub fn manifest_digest_hex(&self) -> String {
         hex::encode(format::manifest_digest(&self.manifest_bytes))
     }
@@ -111,6 +115,64 @@ impl BundleReader {
             });
         }
         Ok(())
+    }
+
+    /// Fetches image `image`'s block index from the payload (one range read), and checks it
+    /// against the index hash in the manifest. The manifest is not trusted before
+    /// [`Self::verify`], so neither is the index read from an unverified reader.
+    pub fn read_index(&self, image: &str) -> Result<BlockIndex> {
+        let entry = self
+            .manifest
+            .image(image)
+            .ok_or_else(|| Error::ImageNotFound {
+                name: image.to_owned(),
+                available: self
+                    .manifest
+                    .images
+                    .iter()
+                    .map(|i| i.name.clone())
+                    .collect(),
+            })?;
+        let ix = &entry.index;
+        let start = self.payload_start + ix.offset;
+        let mut r = self.source.range_reader(start, start + ix.csize)?;
+        let mut frame = vec![0u8; ix.csize as usize];
+        let n = read_full(&mut r, &mut frame).map_err(|e| {
+            Error::from_io(e).unwrap_or_else(|e| Error::SourceRead {
+                source_name: self.source.name(),
+                offset: start,
+                source: e,
+            })
+        })?;
+        if n < frame.len() {
+            return Err(Error::Truncated {
+                source_name: self.source.name(),
+                expected: self.manifest.payload_size(),
+                got: ix.offset + n as u64,
+            });
+        }
+        let invalid = |reason: String| Error::IndexInvalid {
+            image: entry.name.clone(),
+            reason,
+        };
+        // The capacity bounds the output to the size the manifest states.
+        let raw = zstd::bulk::decompress(&frame, ix.size as usize)
+            .map_err(|e| invalid(format!("cannot decompress: {e}")))?;
+        if raw.len() as u64 != ix.size {
+            return Err(invalid(format!(
+                "decompressed to {} bytes, manifest says {}",
+                raw.len(),
+                ix.size
+            )));
+        }
+        let got = hex::encode(Sha256::digest(&raw));
+        if got != ix.sha256 {
+            return Err(invalid(format!(
+                "sha256 {got} differs from the manifest's {}",
+                ix.sha256
+            )));
+        }
+        BlockIndex::from_bytes(entry.size, &raw).map_err(invalid)
     }
 
     /// Succeeds if at least one signature is by a key in `trusted` and valid.
@@ -185,6 +247,11 @@ impl VerifiedBundle {
 
     pub fn reader(&self) -> &BundleReader {
         &self.reader
+    }
+
+    /// Image `image`'s block index, fetched and checked against the signed manifest.
+    pub fn read_index(&self, image: &str) -> Result<BlockIndex> {
+        self.reader.read_index(image)
     }
 
     /// Refuses a bundle for another board, or an older version than the running one unless

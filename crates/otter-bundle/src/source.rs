@@ -5,7 +5,7 @@ use std::fs::File;
 use std::io::{self, BufReader, Read, Seek, SeekFrom};
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
 use std::time::Duration;
 
 use crate::error::{Error, Result};
@@ -34,7 +34,13 @@ pub(crate) struct HttpSource {
     agent: ureq::Agent,
     /// Total file length as reported by the server, `UNKNOWN_LEN` until learned.
     total: Arc<AtomicU64>,
+    /// Whether the server honours `Range`: `RANGES_UNKNOWN` until the first answer.
+    ranges: Arc<AtomicU8>,
 }
+
+const RANGES_UNKNOWN: u8 = 0;
+const RANGES_YES: u8 = 1;
+const RANGES_NO: u8 = 2;
 
 pub(crate) fn is_url(s: &str) -> bool {
     let lower = s.get(..8).unwrap_or(s).to_ascii_lowercase();
@@ -54,6 +60,7 @@ impl Source {
                 url: source.to_owned(),
                 agent,
                 total: Arc::new(AtomicU64::new(UNKNOWN_LEN)),
+                ranges: Arc::new(AtomicU8::new(RANGES_UNKNOWN)),
             })
         } else {
             Source::File(PathBuf::from(source))
@@ -83,6 +90,19 @@ impl Source {
                 UNKNOWN_LEN => None,
                 n => Some(n),
             }),
+        }
+    }
+
+    /// Whether ranges can be read without downloading what precedes them: always for files;
+    /// for HTTP once the server answered a range request (`None` before).
+    pub fn ranges_supported(&self) -> Option<bool> {
+        match self {
+            Source::File(_) => Some(true),
+            Source::Http(h) => match h.ranges.load(Ordering::Relaxed) {
+                RANGES_YES => Some(true),
+                RANGES_NO => Some(false),
+                _ => None,
+            },
         }
     }
 
@@ -189,6 +209,7 @@ impl HttpRangeReader {
             .call();
         match resp {
             Ok(resp) if resp.status() == 206 => {
+                self.src.ranges.store(RANGES_YES, Ordering::Relaxed);
                 let cr = resp.header("Content-Range").unwrap_or("").to_owned();
                 let Some((start, total)) = parse_content_range(&cr) else {
                     return Err(
@@ -211,6 +232,7 @@ impl HttpRangeReader {
             }
             Ok(resp) if resp.status() == 200 => {
                 // The server ignores Range and sends the whole file: skip what we already have.
+                self.src.ranges.store(RANGES_NO, Ordering::Relaxed);
                 let total = resp
                     .header("Content-Length")
                     .and_then(|v| v.trim().parse::<u64>().ok());

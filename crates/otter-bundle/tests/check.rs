@@ -43,14 +43,10 @@ impl Case {
 
     /// A stored chunk in the middle of the image, and the bundle with one bit of it flipped.
     fn flipped(&self) -> (usize, Vec<u8>) {
-        let chunks = &self.manifest.images[0].chunks;
-        let k = (chunks.len() / 2..chunks.len())
-            .chain(0..chunks.len())
-            .find(|&i| chunks[i].csize > 64)
-            .unwrap();
-        let ch = &chunks[k];
+        let k = middle_stored_chunk(&self.manifest);
+        let (at, len) = chunk_frame(&self.bytes, 0, k);
         let mut b = self.bytes.clone();
-        b[self.payload_offset + (ch.offset + ch.csize / 2) as usize] ^= 0x10;
+        b[at + len / 2] ^= 0x10;
         (k, b)
     }
 
@@ -136,9 +132,9 @@ fn every_image_of_a_multi_image_bundle_is_checked() {
     // A flipped bit in the second image's payload (it is last in the file) names that image.
     let mut b = fs::read(&out).unwrap();
     let d = &m.images[1];
-    let k = d.chunks.iter().position(|ch| ch.csize > 64).unwrap();
-    let at = b.len() as u64 - m.payload_size() + d.chunks[k].offset + d.chunks[k].csize / 2;
-    b[at as usize] ^= 1;
+    let k = d.chunks.iter().position(|&ch| ch > 64).unwrap();
+    let (at, len) = chunk_frame(&b, 1, k);
+    b[at + len / 2] ^= 1;
     let e = check(&c.write("two-flip.otb", &b), &c.f.trusted()).unwrap_err();
     assert!(
         matches!(&e, Error::ChunkInvalid { image, index, .. } if image == "data" && *index == k as u64),
@@ -160,14 +156,12 @@ fn bit_flip_names_the_chunk_and_leaves_the_bundle_alone() {
 fn flips_in_two_chunks_name_the_first() {
     let c = Case::new();
     let chunks = &c.manifest.images[0].chunks;
-    let stored: Vec<usize> = (0..chunks.len())
-        .filter(|&i| chunks[i].csize > 64)
-        .collect();
+    let stored: Vec<usize> = (0..chunks.len()).filter(|&i| chunks[i] > 64).collect();
     let (first, last) = (stored[1], stored[stored.len() - 1]);
     let mut b = c.bytes.clone();
     for i in [first, last] {
-        let ch = &chunks[i];
-        b[c.payload_offset + (ch.offset + ch.csize / 2) as usize] ^= 0x01;
+        let (at, len) = chunk_frame(&c.bytes, 0, i);
+        b[at + len / 2] ^= 0x01;
     }
     for _ in 0..3 {
         let e = c.check(&c.write("flip2.otb", &b)).unwrap_err();
@@ -194,30 +188,66 @@ fn whole_image_mismatch_is_its_own_error() {
 }
 
 #[test]
-fn signed_chunk_hash_mismatch_names_the_chunk() {
+fn signed_block_hash_mismatch_names_the_chunk() {
     let c = Case::new();
-    let mut m = c.manifest.clone();
-    let k = m.images[0]
+    let k = c.manifest.images[0]
         .chunks
         .iter()
-        .rposition(|ch| !ch.is_zero())
+        .rposition(|&ch| ch != 0)
         .unwrap();
-    m.images[0].chunks[k].sha256 = "0".repeat(64);
-    let e = c.check(&c.resigned("hash.otb", &m)).unwrap_err();
+    let per = (CHUNK / 4096) as usize;
+    // The second block of chunk k gets another (valid-looking) hash in a signed index.
+    let b = with_edited_index(
+        &c.bytes,
+        &c.f.key,
+        |raw| raw[(k * per + 1) * 16] ^= 1,
+        |_| {},
+    );
+    let e = c.check(&c.write("hash.otb", &b)).unwrap_err();
     assert_names_chunk(&e, k);
+    assert!(
+        e.to_string().contains(&format!("block {}", k * per + 1)),
+        "{e}"
+    );
+}
+
+#[test]
+fn block_index_not_matching_the_manifest_is_refused() {
+    let c = Case::new();
+    // The index frame changed after signing: its hash no longer matches the manifest's.
+    let m = &c.manifest.images[0];
+    let raw = raw_index(&c.bytes);
+    let mut other = raw.clone();
+    other[20] ^= 1;
+    let frame = zstd::bulk::compress(&other, 3).unwrap();
+    let mut b = c.bytes.clone();
+    if frame.len() as u64 == m.index.csize {
+        let at = c.payload_offset + m.index.offset as usize;
+        b[at..at + frame.len()].copy_from_slice(&frame);
+    } else {
+        // Same effect: a bit flip inside the frame.
+        let at = c.payload_offset + m.index.offset as usize + m.index.csize as usize / 2;
+        b[at] ^= 0x08;
+    }
+    let e = c.check(&c.write("index.otb", &b)).unwrap_err();
+    assert!(
+        matches!(&e, Error::IndexInvalid { image, .. } if image == "rootfs"),
+        "{e}"
+    );
 }
 
 #[test]
 fn inconsistent_zero_chunk_names_the_chunk() {
     let c = Case::new();
-    let mut m = c.manifest.clone();
-    let z = m.images[0]
+    let z = c.manifest.images[0]
         .chunks
         .iter()
-        .position(|ch| ch.is_zero())
+        .position(|&ch| ch == 0)
         .unwrap();
-    m.images[0].chunks[z].sha256 = "0".repeat(64);
-    let e = c.check(&c.resigned("zero.otb", &m)).unwrap_err();
+    let per = (CHUNK / 4096) as usize;
+    // A zero chunk whose index says one of its blocks is not zero.
+    let b = with_edited_index(&c.bytes, &c.f.key, |raw| raw[z * per * 16] = 7, |_| {});
+    let e = c.check(&c.write("zero.otb", &b)).unwrap_err();
     assert_names_chunk(&e, z);
 }
 
@@ -261,7 +291,7 @@ fn payload_requests(server: &TestServer, payload_offset: usize) -> Vec<(u64, Opt
 }
 
 #[test]
-fn http_good_bundle_passes_with_one_ranged_get() {
+fn http_good_bundle_passes_with_two_ranged_gets() {
     let c = Case::new();
     let server = TestServer::start(c.bytes.clone(), Behaviour::default());
     let report = check(&server.url, &c.f.trusted()).unwrap();
@@ -272,32 +302,40 @@ fn http_good_bundle_passes_with_one_ranged_get() {
         "all chunks"
     );
     let start = c.payload_offset as u64;
+    let img = &c.manifest.images[0];
     assert_eq!(
         payload_requests(&server, c.payload_offset),
-        vec![(start, Some(start + c.manifest.payload_size() - 1))]
+        vec![
+            (start, Some(start + img.index.csize - 1)),
+            (
+                start + img.chunks_offset,
+                Some(start + c.manifest.payload_size() - 1)
+            )
+        ],
+        "the block index, then all chunks in one ranged GET"
     );
 }
 
 #[test]
 fn http_resumes_after_a_dropped_connection() {
     let c = Case::new();
-    // Mid-payload.
+    // Mid-chunks.
     let k = c.manifest.payload_size() as usize / 2;
+    let start = c.payload_offset as u64 + c.manifest.images[0].chunks_offset;
     let server = TestServer::start(
         c.bytes.clone(),
         Behaviour {
             drop: DropMode::FirstPayloadRequest,
             drop_after: k,
-            payload_from: c.payload_offset as u64,
+            payload_from: start,
             ..Default::default()
         },
     );
     check(&server.url, &c.f.trusted()).unwrap();
-    let starts: Vec<u64> = payload_requests(&server, c.payload_offset)
+    let starts: Vec<u64> = payload_requests(&server, start as usize)
         .iter()
         .map(|r| r.0)
         .collect();
-    let start = c.payload_offset as u64;
     assert_eq!(starts, vec![start, start + k as u64]);
 }
 

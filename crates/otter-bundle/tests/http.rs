@@ -16,6 +16,7 @@ struct Setup {
     bytes: Vec<u8>,
     data: Vec<u8>,
     manifest: Manifest,
+    /// Where the chunk frames start in the file (after the header and the block index).
     payload_offset: u64,
 }
 
@@ -25,7 +26,8 @@ fn setup() -> Setup {
     let (bundle, manifest) = f.bundle("os.otb", &img, "1.0.0", 65536);
     let payload_offset = BundleReader::open(bundle.to_str().unwrap())
         .unwrap()
-        .payload_offset();
+        .payload_offset()
+        + manifest.images[0].chunks_offset;
     let bytes = fs::read(&bundle).unwrap();
     Setup {
         f,
@@ -43,6 +45,7 @@ fn behaviour(s: &Setup, drop: DropMode, drop_after: usize) -> Behaviour {
         payload_from: s.payload_offset,
         ignore_range: false,
         not_found: false,
+        drop_random: None,
     }
 }
 
@@ -65,9 +68,9 @@ fn http_roundtrip_uses_ranges() {
         payload_reqs,
         vec![&(
             s.payload_offset,
-            Some(s.payload_offset + s.manifest.payload_size() - 1)
+            Some(s.payload_offset + s.manifest.images[0].chunk_bytes() - 1)
         )],
-        "the whole image payload in one ranged GET"
+        "all chunks of the image in one ranged GET"
     );
 }
 

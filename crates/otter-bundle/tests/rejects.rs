@@ -158,15 +158,11 @@ fn trailing_garbage_is_refused_before_writing() {
 #[test]
 fn bit_flip_in_a_chunk_is_detected_at_that_chunk() {
     let c = Case::new();
-    let chunks = &c.manifest.images[0].chunks;
     // A stored chunk in the middle of the image.
-    let k = (chunks.len() / 2..chunks.len())
-        .chain(0..chunks.len())
-        .find(|&i| chunks[i].csize > 64)
-        .unwrap();
-    let ch = &chunks[k];
+    let k = middle_stored_chunk(&c.manifest);
+    let (at, len) = chunk_frame(&c.bytes, 0, k);
     let mut b = c.bytes.clone();
-    b[c.payload_offset() + (ch.offset + ch.csize / 2) as usize] ^= 0x10;
+    b[at + len / 2] ^= 0x10;
     let e = c.install(&c.write("flip.otb", &b)).unwrap_err();
     match &e {
         Error::ChunkInvalid { index, .. } => assert_eq!(*index, k as u64, "{e}"),
@@ -175,7 +171,7 @@ fn bit_flip_in_a_chunk_is_detected_at_that_chunk() {
     assert!(e.to_string().contains(&format!("chunk {k}")), "{e}");
     // The bad chunk's bytes never reached the target.
     let start = k * CHUNK as usize;
-    let end = start + ch.size as usize;
+    let end = (start + CHUNK as usize).min(SIZE);
     assert!(fs::read(&c.slot).unwrap()[start..end] == c.old[start..end]);
 }
 
@@ -222,8 +218,8 @@ fn tampered_manifest_is_refused() {
     assert!(matches!(e, Error::InvalidSignature { .. }), "{e}");
     assert!(e.to_string().contains(&c.f.key.public().fingerprint()));
 
-    // A chunk hash swapped for another valid hash.
-    let h = c.manifest.images[0].chunks[1].sha256.clone();
+    // The block index hash swapped for another valid hash.
+    let h = c.manifest.images[0].index.sha256.clone();
     let mut h2 = h.clone().into_bytes();
     h2[0] = if h2[0] == b'0' { b'1' } else { b'0' };
     let b = replace_once(&c.bytes, h.as_bytes(), &h2);
@@ -317,14 +313,14 @@ fn missing_target_is_not_created() {
 #[test]
 fn signed_but_inconsistent_zero_chunk_is_refused_before_writing() {
     let c = Case::new();
-    let mut m = c.manifest.clone();
-    let z = m.images[0]
+    let z = c.manifest.images[0]
         .chunks
         .iter()
-        .position(|ch| ch.is_zero())
+        .position(|&ch| ch == 0)
         .unwrap();
-    m.images[0].chunks[z].sha256 = "0".repeat(64);
-    let e = c.install(&c.resigned("zero.otb", &m)).unwrap_err();
+    let per = (CHUNK / 4096) as usize;
+    let b = with_edited_index(&c.bytes, &c.f.key, |raw| raw[z * per * 16 + 3] = 1, |_| {});
+    let e = c.install(&c.write("zero.otb", &b)).unwrap_err();
     assert!(
         matches!(e, Error::ChunkInvalid { index, .. } if index == z as u64),
         "{e}"
@@ -333,23 +329,38 @@ fn signed_but_inconsistent_zero_chunk_is_refused_before_writing() {
 }
 
 #[test]
-fn signed_chunk_hash_mismatch_is_caught_before_that_chunk_is_written() {
+fn signed_block_hash_mismatch_is_caught_before_that_chunk_is_written() {
     let c = Case::new();
-    let mut m = c.manifest.clone();
-    let k = m.images[0]
+    let k = c.manifest.images[0]
         .chunks
         .iter()
-        .rposition(|ch| !ch.is_zero())
+        .rposition(|&ch| ch != 0)
         .unwrap();
-    m.images[0].chunks[k].sha256 = "0".repeat(64);
-    let e = c.install(&c.resigned("hash.otb", &m)).unwrap_err();
+    let per = (CHUNK / 4096) as usize;
+    let b = with_edited_index(&c.bytes, &c.f.key, |raw| raw[k * per * 16] ^= 0x80, |_| {});
+    let e = c.install(&c.write("hash.otb", &b)).unwrap_err();
     assert!(
         matches!(e, Error::ChunkInvalid { index, .. } if index == k as u64),
         "{e}"
     );
     let start = k * CHUNK as usize;
-    let end = start + m.images[0].chunks[k].size as usize;
+    let end = (start + CHUNK as usize).min(SIZE);
     assert!(fs::read(&c.slot).unwrap()[start..end] == c.old[start..end]);
+}
+
+#[test]
+fn tampered_block_index_is_refused_before_writing() {
+    let c = Case::new();
+    // Index bytes changed, manifest left alone: the index no longer matches its signed hash.
+    let b = with_edited_index(
+        &c.bytes,
+        &c.f.key,
+        |raw| raw[100] ^= 1,
+        |m| m.images[0].index.sha256 = c.manifest.images[0].index.sha256.clone(),
+    );
+    let e = c.install(&c.write("index.otb", &b)).unwrap_err();
+    assert!(matches!(e, Error::IndexInvalid { .. }), "{e}");
+    c.untouched();
 }
 
 #[test]

@@ -37,13 +37,7 @@ fn roundtrip_default_chunk_size_into_larger_slot() {
         entry.zero_chunks() >= 2,
         "zero chunks are expected in the test image"
     );
-    assert!(
-        entry
-            .chunks
-            .iter()
-            .filter(|c| c.is_zero())
-            .all(|c| c.csize == 0)
-    );
+    assert_eq!(report.plan.zero_chunks as usize, entry.zero_chunks());
     assert_eq!(report.bytes_written, size as u64);
     assert_eq!(report.bytes_fetched, entry.stored_bytes());
 
@@ -84,7 +78,7 @@ fn roundtrip_small_chunks_exact_size_slot() {
     let (bundle, m) = f.bundle("os.otb", &img, "2.0.0-rc.1", 4096);
     assert_eq!(m.images[0].chunks.len(), size.div_ceil(4096));
     assert_eq!(
-        m.images[0].chunks.last().unwrap().size as usize,
+        m.images[0].chunk_len(m.images[0].chunks.len() - 1),
         size % 4096
     );
     let (slot, _) = f.slot("slot", size);
@@ -112,22 +106,44 @@ fn bundle_file_layout_matches_the_documented_format() {
     assert_eq!(&sig_block[..32], &f.key.public().to_bytes());
     let payload = &bytes[20 + mlen + 96..];
     assert_eq!(payload.len() as u64, m.payload_size());
-    // Each stored chunk is an independent zstd frame of the raw chunk.
     let img_entry = &m.images[0];
-    for (i, c) in img_entry.chunks.iter().enumerate() {
-        let raw = &data[i * 65536..(i * 65536 + c.size as usize)];
-        assert_eq!(c.sha256, sha_hex(raw));
-        if c.is_zero() {
-            assert!(raw.iter().all(|&b| b == 0));
+    // The block index comes first: one zstd frame of 16-byte truncated SHA-256 per 4 KiB block,
+    // zeros for all-zero blocks.
+    let ix = &img_entry.index;
+    assert_eq!(ix.offset, 0);
+    let raw = zstd::decode_all(&payload[..ix.csize as usize]).unwrap();
+    assert_eq!(raw.len() as u64, ix.size);
+    assert_eq!(sha_hex(&raw), ix.sha256);
+    for (i, block) in data.chunks(4096).enumerate() {
+        let h = &raw[i * 16..(i + 1) * 16];
+        if block.iter().all(|&b| b == 0) {
+            assert_eq!(h, [0u8; 16]);
         } else {
-            let frame = &payload[c.offset as usize..(c.offset + c.csize) as usize];
-            assert_eq!(zstd::decode_all(frame).unwrap(), raw);
+            assert_eq!(
+                h,
+                &<sha2::Sha256 as sha2::Digest>::digest(block)[..16],
+                "block {i}"
+            );
         }
     }
-    // Signature = Ed25519 over SHA-256("otter-bundle-v1\0" || manifest).
+    // Then each stored chunk: an independent zstd frame of the raw chunk.
+    assert_eq!(img_entry.chunks_offset, ix.csize);
+    let mut off = img_entry.chunks_offset as usize;
+    for (i, &csize) in img_entry.chunks.iter().enumerate() {
+        let raw = &data[i * 65536..(i * 65536 + img_entry.chunk_len(i))];
+        if csize == 0 {
+            assert!(raw.iter().all(|&b| b == 0));
+        } else {
+            let frame = &payload[off..off + csize as usize];
+            assert_eq!(zstd::decode_all(frame).unwrap(), raw);
+        }
+        off += csize as usize;
+    }
+    assert_eq!(off, payload.len());
+    // Signature = Ed25519 over SHA-256("otter-bundle-v2\0" || manifest).
     let reader = BundleReader::open(bundle.to_str().unwrap()).unwrap();
     let mut h = <sha2::Sha256 as sha2::Digest>::new();
-    sha2::Digest::update(&mut h, b"otter-bundle-v1\0");
+    sha2::Digest::update(&mut h, b"otter-bundle-v2\0");
     sha2::Digest::update(&mut h, &bytes[16..16 + mlen]);
     assert_eq!(
         reader.manifest_digest_hex(),
@@ -152,7 +168,8 @@ fn several_images_and_several_keys() {
     )
     .unwrap();
     assert_eq!(m.images.len(), 2);
-    assert_eq!(m.images[1].payload_start(), m.images[0].payload_end());
+    assert_eq!(m.images[1].index.offset, m.images[0].index.csize);
+    assert_eq!(m.images[1].chunks_offset, m.images[0].chunks_end());
 
     let (slot_root, _) = f.slot("root-b", 800_000);
     let (slot_boot, _) = f.slot("boot-b", 130_000);
@@ -176,10 +193,13 @@ fn all_zero_image_has_empty_payload() {
     let img = f.path("zero.img");
     fs::write(&img, vec![0u8; 600_000]).unwrap();
     let (bundle, m) = f.bundle("zero.otb", &img, "1.0.0", 65536);
-    assert_eq!(m.payload_size(), 0);
+    assert_eq!(m.images[0].chunk_bytes(), 0);
     let (slot, _) = f.slot("slot", 600_000);
     let report = install(bundle.to_str().unwrap(), &f.trusted(), &slot).unwrap();
-    assert_eq!(report.bytes_fetched, 0);
+    assert_eq!(
+        report.bytes_fetched, m.images[0].index.csize,
+        "only the index"
+    );
     assert!(
         fs::read(&slot).unwrap().iter().all(|&b| b == 0),
         "zeros were written over old data"
@@ -266,6 +286,7 @@ fn page_cache_read_back_mode_installs_the_same_bytes() {
         .unwrap();
     let opts = InstallOptions {
         read_back: ReadBack::PageCache,
+        ..Default::default()
     };
     let report = v
         .install_image_with("rootfs", &slot, &opts, &mut |_| {})

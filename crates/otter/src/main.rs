@@ -9,6 +9,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 mod flash;
+mod bundle_diff;
 
 #[derive(Parser)]
 #[command(
@@ -130,6 +131,8 @@ enum BundleCmd {
         #[arg(long, required = true)]
         trusted: Vec<PathBuf>,
     },
+    /// What a device on OLD downloads to install NEW (bundles or raw images).
+    Diff(bundle_diff::DiffArgs),
 }
 
 fn main() -> ExitCode {
@@ -295,6 +298,7 @@ fn run(cli: Cli) -> Result<()> {
 
 fn bundle(cmd: BundleCmd) -> Result<()> {
     match cmd {
+        BundleCmd::Diff(a) => bundle_diff::run(a),
         BundleCmd::Create {
             rootfs,
             version,
@@ -341,8 +345,8 @@ fn bundle(cmd: BundleCmd) -> Result<()> {
             println!("compatible  {}", m.compatible);
             println!("signed by   {}", r.signer_fingerprints().join(", "));
             for img in &m.images {
-                let zero = img.chunks.iter().filter(|c| c.is_zero()).count();
-                let stored: u64 = img.chunks.iter().map(|c| c.csize).sum();
+                let zero = img.zero_chunks();
+                let stored = img.stored_bytes();
                 println!(
                     "image       {}: {} bytes, sha256 {}, {} chunks of {} KiB ({} zero), {:.1} MiB stored",
                     img.name,

@@ -103,6 +103,8 @@ pub fn reconcile(paths: &Paths) -> Result<Situation> {
             SlotInfo {
                 version: release.version.clone(),
                 installed_at: release.build_time,
+                size: None,
+                sha256: None,
             },
         );
     }

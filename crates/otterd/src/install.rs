@@ -3,8 +3,13 @@
 //! Order matters for safety: verify the signature and policy first (no write at all on a bad
 //! bundle); mark the target slot bad before its first byte changes (the boot loader never
 //! picks a half-written slot); arm the trial boot only after the whole slot is verified.
+//!
+//! Installs are deltas: the running slot is the seed, so only the chunks it lacks are
+//! downloaded. Its block index comes from `slot-X.index` in the state directory, saved after the
+//! install that wrote it, when that still describes the slot (version, size and SHA-256 as
+//! recorded in the state); else the slot is read and indexed.
 
-use crate::state::{Phase, Progress, SlotInfo, StateFile, Update};
+use crate::state::{DeltaInfo, Phase, Progress, SlotInfo, StateFile, Update};
 use crate::{Paths, now};
 use anyhow::{Context, Result, bail};
 use otter_config::ReleaseInfo;
@@ -21,6 +26,7 @@ pub struct InstallOutcome {
     pub slot: otter_boot::Slot,
     pub bytes_written: u64,
     pub bytes_fetched: u64,
+    pub delta: DeltaInfo,
     pub seconds: f64,
 }
 
@@ -75,6 +81,21 @@ pub fn install(
 
     let file = StateFile::lock(&paths.state_dir)?;
     let mut st = file.load()?;
+    // The running slot is the seed. Its saved index counts only if it describes what the state
+    // says the slot holds.
+    let seed_identity = st.slots.get(&booted).and_then(|info| {
+        Some(otter_bundle::SlotIdentity {
+            version: info.version.clone(),
+            size: info.size?,
+            sha256: info.sha256.clone()?,
+        })
+    });
+    let seed = otter_bundle::Seed {
+        slot: paths.slot_device(booted).clone(),
+        saved_index: seed_identity
+            .filter(|id| id.version == release.version)
+            .map(|id| (paths.slot_index(booted), id)),
+    };
     let started_at = now();
     st.update = Some(Update {
         phase: Phase::Installing,
@@ -86,28 +107,36 @@ pub fn install(
         started_at,
         updated_at: started_at,
         progress: None,
+        delta: None,
         reason: None,
     });
     st.slots.remove(&target);
     st.record("install_started", &version, target, &o.source);
     file.save(&st)?;
 
-    // From here the target slot is about to change: the boot loader must not pick it.
+    // From here the target slot is about to change: the boot loader must not pick it, and its
+    // saved index no longer describes it.
     let (mut boot, _) = store.load().context("reading the boot state")?;
     boot.mark_bad(target);
     store.store(&boot).context("marking the target slot bad")?;
+    let target_index = paths.slot_index(target);
+    match std::fs::remove_file(&target_index) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => {
+            return Err(e).with_context(|| format!("removing {}", target_index.display()));
+        }
+    }
 
     let mut last_save = Instant::now();
+    let mut last_stage = otter_bundle::Stage::Planning;
     let mut progress_cb = |p: otter_bundle::Progress| {
-        let pr = Progress {
-            done_bytes: p.done_bytes,
-            total_bytes: p.total_bytes,
-            fetched_bytes: p.fetched_bytes,
-        };
+        let pr = progress_of(&p);
         on_progress(&pr);
-        // Progress for `otterd status`, at most once a second.
-        if last_save.elapsed() >= Duration::from_secs(1) {
+        // Progress for `otterd status`, at most once a second and at every change of stage.
+        if last_save.elapsed() >= Duration::from_secs(1) || p.stage != last_stage {
             last_save = Instant::now();
+            last_stage = p.stage;
             if let Some(u) = st.update.as_mut() {
                 u.progress = Some(pr);
                 u.updated_at = now();
@@ -115,7 +144,12 @@ pub fn install(
             let _ = file.save(&st);
         }
     };
-    let result = bundle.install_image("rootfs", &device, &mut progress_cb);
+    let opts = otter_bundle::InstallOptions {
+        seed: Some(seed),
+        save_index: Some(target_index),
+        ..Default::default()
+    };
+    let result = bundle.install_image_with("rootfs", &device, &opts, &mut progress_cb);
     let report = match result {
         Ok(r) => r,
         Err(e) => {
@@ -134,6 +168,29 @@ pub fn install(
             )));
         }
     };
+    if let Some(e) = &report.index_save_error {
+        crate::log(&format!(
+            "warning: could not save the block index of slot {target} ({e}); the next update will read the slot instead"
+        ));
+    }
+    let delta = DeltaInfo {
+        planned_bytes: report.fetch_planned,
+        fetched_bytes: report.bytes_fetched,
+        reused_bytes: report.bytes_reused,
+        full_bytes: image.index.csize + report.plan.full_bytes,
+        requests: report.requests as u64,
+        seed_index: match &report.seed_index {
+            Some(otter_bundle::SeedIndexSource::Saved) => "saved".into(),
+            Some(otter_bundle::SeedIndexSource::Scanned { reason }) => {
+                format!("scanned ({reason})")
+            }
+            Some(otter_bundle::SeedIndexSource::Unusable { reason }) => {
+                format!("unusable ({reason})")
+            }
+            None => "none".into(),
+        },
+        seed_mismatches: report.seed_mismatches,
+    };
 
     // Verified: arm the trial boot.
     let tries = crate::agent::load_agent_config(paths)?.health.boot_tries;
@@ -146,15 +203,22 @@ pub fn install(
         SlotInfo {
             version: version.clone(),
             installed_at: now(),
+            size: Some(image.size),
+            sha256: Some(image.sha256.clone()),
         },
     );
     if let Some(u) = st.update.as_mut() {
         u.phase = Phase::Installed;
         u.progress = Some(Progress {
+            stage: "done".into(),
             done_bytes: report.bytes_written,
             total_bytes: report.bytes_written,
             fetched_bytes: report.bytes_fetched,
+            fetch_total: report.bytes_fetched,
+            reused_bytes: report.bytes_reused,
+            verified_bytes: report.bytes_written,
         });
+        u.delta = Some(delta.clone());
         u.updated_at = now();
     }
     st.record("installed", &version, target, "reboot to try it");
@@ -164,6 +228,48 @@ pub fn install(
         slot: target,
         bytes_written: report.bytes_written,
         bytes_fetched: report.bytes_fetched,
+        delta,
         seconds: report.seconds,
     })
+}
+
+fn progress_of(p: &otter_bundle::Progress) -> Progress {
+    Progress {
+        stage: serde_json::to_value(p.stage)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_string))
+            .unwrap_or_default(),
+        done_bytes: p.done_bytes,
+        total_bytes: p.total_bytes,
+        fetched_bytes: p.fetched_bytes,
+        fetch_total: p.fetch_total,
+        reused_bytes: p.reused_bytes,
+        verified_bytes: p.verified_bytes,
+    }
+}
+
+/// One line of progress for a terminal: stage, written, downloaded and reused bytes.
+pub fn progress_line(p: &Progress) -> String {
+    let mib = |b: u64| b as f64 / 1048576.0;
+    let pct = |a: u64, b: u64| (a * 100).checked_div(b).unwrap_or(0);
+    match p.stage.as_str() {
+        "verifying" => format!(
+            "verifying: {:3}% ({:.0} / {:.0} MiB read back)",
+            pct(p.verified_bytes, p.total_bytes),
+            mib(p.verified_bytes),
+            mib(p.total_bytes)
+        ),
+        stage => format!(
+            "{}: {:3}% written, downloaded {:.1} / {:.1} MiB, reused {:.0} MiB",
+            if stage.is_empty() {
+                "installing"
+            } else {
+                stage
+            },
+            pct(p.done_bytes, p.total_bytes),
+            mib(p.fetched_bytes),
+            mib(p.fetch_total.max(p.fetched_bytes)),
+            mib(p.reused_bytes)
+        ),
+    }
 }

@@ -103,27 +103,35 @@ fn run(cli: Cli) -> Result<()> {
             json,
         } => {
             let tty = std::io::stderr().is_terminal();
-            let mut last_pct = u64::MAX;
+            let mut last_shown = (String::new(), u64::MAX, u64::MAX);
             let mut on_progress = |p: &otterd::state::Progress| {
+                let line = install::progress_line(p);
                 let pct = (p.done_bytes * 100).checked_div(p.total_bytes).unwrap_or(0);
-                if pct == last_pct {
+                let fetched_mib = p.fetched_bytes >> 20;
+                let shown = (p.stage.clone(), pct, fetched_mib);
+                if shown == last_shown {
                     return;
                 }
-                last_pct = pct;
+                let stage_changed = shown.0 != last_shown.0;
+                last_shown = shown;
                 if json {
                     println!(
                         "{}",
-                        serde_json::json!({"progress": pct, "done_bytes": p.done_bytes, "total_bytes": p.total_bytes})
+                        serde_json::json!({
+                            "progress": pct,
+                            "stage": p.stage,
+                            "done_bytes": p.done_bytes,
+                            "total_bytes": p.total_bytes,
+                            "fetched_bytes": p.fetched_bytes,
+                            "fetch_total": p.fetch_total,
+                            "reused_bytes": p.reused_bytes,
+                        })
                     );
                 } else if tty {
-                    eprint!(
-                        "\rinstalling: {pct:3}% ({} / {} MiB)",
-                        p.done_bytes >> 20,
-                        p.total_bytes >> 20
-                    );
+                    eprint!("\r\x1b[K{line}");
                     let _ = std::io::stderr().flush();
-                } else if pct.is_multiple_of(10) {
-                    eprintln!("installing: {pct}%");
+                } else if stage_changed || pct.is_multiple_of(10) {
+                    eprintln!("{line}");
                 }
             };
             let outcome = install::install(
@@ -142,11 +150,15 @@ fn run(cli: Cli) -> Result<()> {
                 println!("{}", serde_json::to_string(&outcome)?);
             } else {
                 println!(
-                    "installed {} into slot {} ({} MiB in {:.1}s); {}",
+                    "installed {} into slot {} ({} MiB in {:.1}s, downloaded {:.1} MiB of {:.1} MiB, {:.1} MiB reused from slot {}); {}",
                     outcome.version,
                     outcome.slot,
                     outcome.bytes_written >> 20,
                     outcome.seconds,
+                    outcome.delta.fetched_bytes as f64 / 1048576.0,
+                    outcome.delta.full_bytes as f64 / 1048576.0,
+                    outcome.delta.reused_bytes as f64 / 1048576.0,
+                    outcome.slot.other(),
                     if reboot {
                         "rebooting to try it"
                     } else {

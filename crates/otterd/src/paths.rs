@@ -97,6 +97,13 @@ impl Paths {
         }
     }
 
+    /// The saved block index of slot `s`'s image (written after a verified install, used as
+    /// the seed index of the next delta install).
+    pub fn slot_index(&self, s: Slot) -> PathBuf {
+        self.state_dir
+            .join(format!("slot-{}.index", s.to_string().to_lowercase()))
+    }
+
     /// The slot the running system booted from, and whether GRUB marked it as a trial boot.
     pub fn booted_slot(&self) -> Result<(Slot, bool)> {
         let cmdline = std::fs::read_to_string(&self.cmdline)

@@ -42,9 +42,44 @@ impl Phase {
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Progress {
+    /// planning, reusing, fetching or verifying (see `otter_bundle::Stage`).
+    #[serde(default)]
+    pub stage: String,
+    /// Image bytes written to the slot.
     pub done_bytes: u64,
+    /// Image size.
     pub total_bytes: u64,
+    /// Bundle bytes downloaded (or read) so far.
     pub fetched_bytes: u64,
+    /// Bundle bytes this install downloads in all; known before the chunk download starts.
+    #[serde(default)]
+    pub fetch_total: u64,
+    /// Image bytes copied from the running slot instead of downloaded.
+    #[serde(default)]
+    pub reused_bytes: u64,
+    /// Image bytes read back and checked (last stage).
+    #[serde(default)]
+    pub verified_bytes: u64,
+}
+
+/// How a finished install got its bytes.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct DeltaInfo {
+    /// Bundle bytes the plan said would be downloaded, before the download started.
+    pub planned_bytes: u64,
+    /// Bundle bytes actually downloaded (or read).
+    pub fetched_bytes: u64,
+    /// Image bytes copied from the running slot.
+    pub reused_bytes: u64,
+    /// Bundle bytes a full install downloads.
+    pub full_bytes: u64,
+    /// HTTP range requests for chunks (resumes not counted).
+    pub requests: u64,
+    /// How the running slot was indexed: saved, scanned (with why) or unusable.
+    pub seed_index: String,
+    /// Chunks whose blocks in the running slot did not match, fetched instead.
+    #[serde(default)]
+    pub seed_mismatches: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -59,6 +94,9 @@ pub struct Update {
     pub updated_at: u64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub progress: Option<Progress>,
+    /// Delta figures of the finished install.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delta: Option<DeltaInfo>,
     /// Why it failed or was rolled back.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
@@ -68,6 +106,12 @@ pub struct Update {
 pub struct SlotInfo {
     pub version: String,
     pub installed_at: u64,
+    /// Image size and SHA-256 written into the slot: with the version, they tell whether the
+    /// slot's saved block index still describes it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub size: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sha256: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -190,6 +234,8 @@ mod tests {
             SlotInfo {
                 version: "1.0.0".into(),
                 installed_at: 1,
+                size: Some(4096),
+                sha256: None,
             },
         );
         for i in 0..60 {

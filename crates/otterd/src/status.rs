@@ -134,11 +134,16 @@ pub fn render(s: &Status) -> String {
             && p.total_bytes > 0
             && phase == "installing"
         {
+            out.push_str(&format!("progress  {}\n", crate::install::progress_line(p)));
+        }
+        if let Some(d) = &u.delta {
             out.push_str(&format!(
-                "progress  {:.0}% ({} / {} MiB)\n",
-                p.done_bytes as f64 * 100.0 / p.total_bytes as f64,
-                p.done_bytes >> 20,
-                p.total_bytes >> 20
+                "download  {:.1} MiB of {:.1} MiB for a full install ({} requests), {:.1} MiB reused; seed index {}\n",
+                d.fetched_bytes as f64 / 1048576.0,
+                d.full_bytes as f64 / 1048576.0,
+                d.requests,
+                d.reused_bytes as f64 / 1048576.0,
+                d.seed_index
             ));
         }
         if let Some(r) = &u.reason {

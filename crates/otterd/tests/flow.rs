@@ -349,3 +349,96 @@ fn damaged_boot_state_is_repaired_at_boot() {
     assert_eq!(s.primary(), Slot::A);
     assert!(s.a.good && !s.b.good);
 }
+
+#[test]
+fn second_update_is_a_delta_from_the_running_slot() {
+    let d = device();
+    // Incompressible data, so the figures mean something.
+    let mut x = 0x9E37_79B9_7F4A_7C15u64;
+    let v11: Vec<u8> = (0..3u32 << 20)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect();
+    let img11 = d.work.join("rootfs-11.img");
+    std::fs::write(&img11, &v11).unwrap();
+    let b = d.bundle("v11.otb", "1.1.0", "demo-qemu", &img11);
+    let first = install(
+        &d.paths,
+        &InstallOptions {
+            source: b,
+            allow_downgrade: false,
+        },
+        &mut |_| {},
+    )
+    .unwrap();
+    // Slot A (the factory image, here 0xAA) has no saved index: it was read instead.
+    assert!(
+        first.delta.seed_index.starts_with("scanned"),
+        "{:?}",
+        first.delta
+    );
+    assert!(d.paths.slot_index(Slot::B).exists(), "index saved for B");
+    assert_eq!(d.power_on("1.1.0"), Slot::B);
+    agent::reconcile(&d.paths).unwrap();
+    agent::run_trial(&d.paths, Slot::B).unwrap();
+    assert!(d.boot().b.good);
+
+    // 1.2.0 changes 3 blocks and appends 2: a device on B fetches only those chunks.
+    let mut v12 = v11.clone();
+    for at in [100_000usize, 1_500_000, 2_900_000] {
+        v12[at] ^= 0x5a;
+    }
+    v12.extend_from_slice(&[0x33u8; 8192]);
+    let img12 = d.work.join("rootfs-12.img");
+    std::fs::write(&img12, &v12).unwrap();
+    let b12 = d.bundle("v12.otb", "1.2.0", "demo-qemu", &img12);
+    let full = std::fs::metadata(&b12).unwrap().len();
+    let mut last = None;
+    let out = install(
+        &d.paths,
+        &InstallOptions {
+            source: b12,
+            allow_downgrade: false,
+        },
+        &mut |p| last = Some(p.clone()),
+    )
+    .unwrap();
+    assert_eq!(out.slot, Slot::A);
+    let slot_a = std::fs::read(&d.paths.slot_a).unwrap();
+    assert!(slot_a[..v12.len()] == v12[..], "slot A holds 1.2.0");
+    assert_eq!(
+        out.delta.seed_index, "saved",
+        "B's index from the first install"
+    );
+    assert!(
+        out.delta.fetched_bytes * 4 < full,
+        "{} of {full}",
+        out.delta.fetched_bytes
+    );
+    assert_eq!(out.delta.fetched_bytes, out.delta.planned_bytes);
+    assert!(out.delta.reused_bytes > 2 << 20, "{:?}", out.delta);
+    assert!(d.paths.slot_index(Slot::A).exists());
+    let last = last.unwrap();
+    assert_eq!(last.stage, "verifying");
+    assert_eq!(last.fetch_total, out.delta.fetched_bytes);
+
+    // `otterd status --json` shows the figures.
+    let s = otterd::status::status(&d.paths).unwrap();
+    let u = s.update.unwrap();
+    assert_eq!(u.phase, Phase::Installed);
+    assert_eq!(u.delta.as_ref().unwrap(), &out.delta);
+    let p = u.progress.unwrap();
+    assert_eq!(p.fetched_bytes, out.delta.fetched_bytes);
+    assert_eq!(p.reused_bytes, out.delta.reused_bytes);
+    let json = serde_json::to_value(otterd::status::status(&d.paths).unwrap()).unwrap();
+    assert_eq!(
+        json["update"]["delta"]["reused_bytes"],
+        out.delta.reused_bytes
+    );
+    let st = read_state(&d.paths.state_dir.join("state.json")).unwrap();
+    assert_eq!(st.slots[&Slot::A].size, Some(v12.len() as u64));
+}

@@ -165,6 +165,9 @@ pub struct Behaviour {
     pub ignore_range: bool,
     /// Answer every request with 404.
     pub not_found: bool,
+    /// With this seed, close about half of the requests at or after `payload_from` after a
+    /// pseudo-random number of body bytes (at least one, so every retry makes progress).
+    pub drop_random: Option<u64>,
 }
 
 impl Default for Behaviour {
@@ -175,6 +178,7 @@ impl Default for Behaviour {
             payload_from: 0,
             ignore_range: false,
             not_found: false,
+            drop_random: None,
         }
     }
 }
@@ -241,6 +245,27 @@ impl std::ops::Drop for TestServer {
             let _ = h.join();
         }
     }
+}
+
+/// A well-mixed 64-bit function of `x` (SplitMix64's finaliser).
+pub fn splitmix(mut x: u64) -> u64 {
+    x = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    x = (x ^ (x >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    x = (x ^ (x >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    x ^ (x >> 31)
+}
+
+/// `n` blocks of 4 KiB, each distinct random data (from `seed`), except blocks listed in
+/// `zeros`, which are all zero.
+pub fn random_blocks(n: usize, seed: u64, zeros: std::ops::Range<usize>) -> Vec<u8> {
+    let mut rng = StdRng::seed_from_u64(seed);
+    let mut v = vec![0u8; n * 4096];
+    for (i, b) in v.chunks_mut(4096).enumerate() {
+        if !zeros.contains(&i) {
+            rng.fill(b);
+        }
+    }
+    v
 }
 
 fn serve(
@@ -320,6 +345,15 @@ fn serve(
     head.push_str("\r\n");
     stream.write_all(head.as_bytes())?;
     let mut send_to = to;
+    if let Some(seed) = b.drop_random
+        && is_payload
+        && to - from > 1
+    {
+        let r = splitmix(seed ^ (this as u64).wrapping_mul(0x9E37_79B9));
+        if r.is_multiple_of(2) {
+            send_to = from + 1 + (r >> 8) % (to - from - 1);
+        }
+    }
     if drop_now {
         // K bytes past the requested start, also when the whole file is sent.
         send_to = (start + b.drop_after as u64).clamp(from, to);
@@ -328,4 +362,75 @@ fn serve(
     stream.flush()?;
     let _ = stream.shutdown(std::net::Shutdown::Both);
     Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// Taking bundles apart, for tests that corrupt or re-sign them.
+
+/// Where the payload starts in bundle `bytes`.
+pub fn payload_offset(bytes: &[u8]) -> usize {
+    let m = u32::from_le_bytes(bytes[12..16].try_into().unwrap()) as usize;
+    let n = u32::from_le_bytes(bytes[16 + m..20 + m].try_into().unwrap()) as usize;
+    20 + m + 96 * n
+}
+
+/// The parsed manifest of bundle `bytes`.
+pub fn manifest_of(bytes: &[u8]) -> Manifest {
+    let m = u32::from_le_bytes(bytes[12..16].try_into().unwrap()) as usize;
+    serde_json::from_slice(&bytes[16..16 + m]).unwrap()
+}
+
+/// (start, length) in the bundle file of the frame of chunk `k` of image `img`.
+pub fn chunk_frame(bytes: &[u8], img: usize, k: usize) -> (usize, usize) {
+    let m = manifest_of(bytes);
+    let offsets = m.images[img].chunk_payload_offsets();
+    (
+        payload_offset(bytes) + offsets[k] as usize,
+        (offsets[k + 1] - offsets[k]) as usize,
+    )
+}
+
+/// A stored chunk near the middle of image 0, with a frame longer than 64 bytes.
+pub fn middle_stored_chunk(m: &Manifest) -> usize {
+    let chunks = &m.images[0].chunks;
+    (chunks.len() / 2..chunks.len())
+        .chain(0..chunks.len())
+        .find(|&i| chunks[i] > 64)
+        .unwrap()
+}
+
+/// The raw block index of image 0 of bundle `bytes`.
+pub fn raw_index(bytes: &[u8]) -> Vec<u8> {
+    let m = manifest_of(bytes);
+    let ix = &m.images[0].index;
+    let at = payload_offset(bytes) + ix.offset as usize;
+    zstd::bulk::decompress(&bytes[at..at + ix.csize as usize], ix.size as usize).unwrap()
+}
+
+/// Bundle `bytes` (one image) with its block index replaced by `edit(raw index)` and its
+/// manifest edited by `edit_manifest` after the index fields were updated, signed by `key`: a
+/// validly signed bundle whose hashes say what the test wants.
+pub fn with_edited_index(
+    bytes: &[u8],
+    key: &SigningKey,
+    edit: impl FnOnce(&mut Vec<u8>),
+    edit_manifest: impl FnOnce(&mut Manifest),
+) -> Vec<u8> {
+    let mut m = manifest_of(bytes);
+    assert_eq!(m.images.len(), 1);
+    let p = payload_offset(bytes);
+    let old_csize = m.images[0].index.csize as usize;
+    let mut raw = raw_index(bytes);
+    edit(&mut raw);
+    let frame = zstd::bulk::compress(&raw, 3).unwrap();
+    let img = &mut m.images[0];
+    img.index.csize = frame.len() as u64;
+    img.index.sha256 = sha_hex(&raw);
+    img.chunks_offset = frame.len() as u64;
+    edit_manifest(&mut m);
+    let json = serde_json::to_vec(&m).unwrap();
+    let mut out = format::encode_header(&json, &[key.sign_manifest(&json)]).unwrap();
+    out.extend_from_slice(&frame);
+    out.extend_from_slice(&bytes[p + old_csize..]);
+    out
 }
