@@ -6,6 +6,9 @@ use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+mod fleet;
+mod server;
+
 #[derive(Parser)]
 #[command(
     name = "otter",
@@ -71,6 +74,10 @@ enum Cmd {
         #[arg(long, default_value = "auto")]
         accel: String,
     },
+    /// Run the fleet server (zero configuration: 127.0.0.1:8080, SQLite and artifacts in ./otter-data).
+    Server(server::ServerArgs),
+    #[command(flatten)]
+    Fleet(fleet::FleetCmd),
 }
 
 #[derive(Subcommand)]
@@ -231,6 +238,8 @@ fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Cmd::Bundle { cmd } => bundle(cmd),
+        Cmd::Server(a) => server::run(a),
+        Cmd::Fleet(c) => fleet::run(c),
         Cmd::Vm {
             image,
             ssh_port,
