@@ -10,6 +10,8 @@ use std::process::ExitCode;
 
 mod flash;
 mod bundle_diff;
+mod fleet;
+mod server;
 
 #[derive(Parser)]
 #[command(
@@ -85,6 +87,10 @@ enum Cmd {
         #[arg(long, value_parser = parse_disk_size)]
         disk_size: Option<u64>,
     },
+    /// Run the fleet server (zero configuration: 127.0.0.1:8080, SQLite and artifacts in ./otter-data).
+    Server(server::ServerArgs),
+    #[command(flatten)]
+    Fleet(fleet::FleetCmd),
 }
 
 #[derive(Subcommand)]
@@ -249,6 +255,8 @@ fn run(cli: Cli) -> Result<()> {
         Cmd::Configure(args) => configure::run(*args),
         Cmd::Bundle { cmd } => bundle(cmd),
         Cmd::Flash(args) => flash::run(args),
+        Cmd::Server(a) => server::run(a),
+        Cmd::Fleet(c) => fleet::run(c),
         Cmd::Vm {
             image,
             ssh_port,

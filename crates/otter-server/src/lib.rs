@@ -1,0 +1,266 @@
+//! The Otter fleet server: device enrollment and polling, releases, rollouts, an admin API and a
+//! server-rendered dashboard.
+//!
+//! All state is in the database ([`db`]) and the artifact store ([`store`]); several server
+//! processes may share one PostgreSQL database and one bucket behind a load balancer. The only
+//! per-process state is the enrollment rate limiter (abuse protection, not data).
+//!
+//! ```no_run
+//! # async fn f() -> anyhow::Result<()> {
+//! let cfg = otter_server::Config::default();
+//! let server = otter_server::Server::start(cfg).await?;
+//! if let Some(token) = &server.new_admin_token { println!("admin token: {token}"); }
+//! server.serve().await?;
+//! # Ok(()) }
+//! ```
+
+mod admin_api;
+pub mod auth;
+pub mod dashboard;
+pub mod db;
+mod device_api;
+pub mod error;
+pub mod openapi;
+pub mod releases;
+pub mod rollouts;
+pub mod store;
+
+use std::net::SocketAddr;
+use std::num::NonZeroU32;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
+use otter_bundle::PublicKey;
+use sqlx::Row;
+
+pub use db::{Backend, Db};
+
+/// How to run the server. `Default` is the zero-configuration single machine setup.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub listen: SocketAddr,
+    /// `sqlite://PATH` or `postgres://…`; default `sqlite://{data_dir}/otter.db`.
+    pub database: Option<String>,
+    /// A folder, `file:///PATH`, `memory://` (tests) or `s3://bucket/prefix`; default
+    /// `{data_dir}/artifacts`.
+    pub storage: Option<String>,
+    pub data_dir: PathBuf,
+    /// Release signing keys trusted in addition to those added through the admin API.
+    pub trusted_keys: Vec<PathBuf>,
+    /// Base poll interval told to devices.
+    pub poll_interval: Duration,
+    /// Poll interval jitter: ± this fraction.
+    pub poll_jitter: f64,
+    /// Enrollment requests per minute per client address (burst of the same size).
+    pub enroll_rate_per_minute: u32,
+    /// How often this process evaluates rollouts.
+    pub rollout_tick: Duration,
+    /// Largest bundle accepted by `release upload`.
+    pub max_bundle_size: u64,
+    /// Serve HTTPS with this PEM certificate chain and PEM private key (rustls).
+    pub tls: Option<(PathBuf, PathBuf)>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            database: None,
+            storage: None,
+            data_dir: PathBuf::from("otter-data"),
+            trusted_keys: Vec::new(),
+            poll_interval: Duration::from_secs(60),
+            poll_jitter: 0.1,
+            enroll_rate_per_minute: 60,
+            rollout_tick: Duration::from_secs(5),
+            max_bundle_size: 8 << 30,
+            tls: None,
+        }
+    }
+}
+
+impl Config {
+    pub fn database_url(&self) -> String {
+        self.database
+            .clone()
+            .unwrap_or_else(|| format!("sqlite://{}", self.data_dir.join("otter.db").display()))
+    }
+}
+
+pub struct Inner {
+    pub db: Db,
+    pub store: store::Artifacts,
+    pub cfg: Config,
+    /// Keys from `--trusted-key` (the admin API adds more, in the database).
+    pub flag_keys: Vec<PublicKey>,
+    pub challenge_secret: Vec<u8>,
+    pub enroll_limiter: DefaultKeyedRateLimiter<std::net::IpAddr>,
+}
+
+/// Shared by every request handler.
+#[derive(Clone)]
+pub struct AppState(pub Arc<Inner>);
+
+impl std::ops::Deref for AppState {
+    type Target = Inner;
+    fn deref(&self) -> &Inner {
+        &self.0
+    }
+}
+
+pub struct Server {
+    pub state: AppState,
+    /// Set when this start created the first admin token (print it: only its hash is kept).
+    pub new_admin_token: Option<String>,
+    listener: tokio::net::TcpListener,
+    tls: Option<axum_server::tls_rustls::RustlsConfig>,
+}
+
+impl Server {
+    /// Opens the database and the artifact store, migrates, creates the first admin token if
+    /// there is none, and binds the listening socket.
+    pub async fn start(cfg: Config) -> Result<Server> {
+        let uses_data_dir = cfg.database.is_none() || cfg.storage.is_none();
+        if uses_data_dir {
+            std::fs::create_dir_all(&cfg.data_dir)
+                .with_context(|| format!("creating the data folder {}", cfg.data_dir.display()))?;
+        }
+        let db = Db::open(&cfg.database_url()).await?;
+        let store = store::Artifacts::open(cfg.storage.as_deref(), &cfg.data_dir)?;
+        let mut flag_keys = Vec::new();
+        for p in &cfg.trusted_keys {
+            if p.is_dir() {
+                flag_keys.extend(otter_bundle::load_trusted_keys(p)?);
+            } else {
+                flag_keys.push(PublicKey::load(p)?);
+            }
+        }
+        let secret_hex = db
+            .setting_or_init("challenge_secret", || auth::new_secret("ch"))
+            .await?;
+        let new_admin_token = ensure_admin_token(&db).await?;
+        let tls = match &cfg.tls {
+            None => None,
+            Some((cert, key)) => {
+                // One crypto provider for the process (several rustls users are linked in).
+                let _ = rustls::crypto::ring::default_provider().install_default();
+                Some(
+                    axum_server::tls_rustls::RustlsConfig::from_pem_file(cert, key)
+                        .await
+                        .with_context(|| {
+                            format!(
+                                "loading the TLS certificate {} and key {} (PEM)",
+                                cert.display(),
+                                key.display()
+                            )
+                        })?,
+                )
+            }
+        };
+        let rate = NonZeroU32::new(cfg.enroll_rate_per_minute.max(1)).unwrap_or(NonZeroU32::MIN);
+        let listener = tokio::net::TcpListener::bind(cfg.listen)
+            .await
+            .with_context(|| format!("listening on {}", cfg.listen))?;
+        let state = AppState(Arc::new(Inner {
+            db,
+            store,
+            cfg,
+            flag_keys,
+            challenge_secret: secret_hex.into_bytes(),
+            enroll_limiter: RateLimiter::keyed(Quota::per_minute(rate)),
+        }));
+        Ok(Server {
+            state,
+            new_admin_token,
+            listener,
+            tls,
+        })
+    }
+
+    /// `https` when serving TLS, else `http`.
+    pub fn scheme(&self) -> &'static str {
+        if self.tls.is_some() { "https" } else { "http" }
+    }
+
+    pub fn local_addr(&self) -> Result<SocketAddr> {
+        Ok(self.listener.local_addr()?)
+    }
+
+    /// Serves until the process ends (or the task is dropped), evaluating rollouts on the side.
+    pub async fn serve(self) -> Result<()> {
+        let ticker = tokio::spawn(rollouts::run_ticker(self.state.clone()));
+        let app = router(self.state.clone());
+        let make = app.into_make_service_with_connect_info::<SocketAddr>();
+        let result = match self.tls {
+            None => axum::serve(self.listener, make)
+                .await
+                .context("serving HTTP"),
+            Some(tls) => {
+                let std = self
+                    .listener
+                    .into_std()
+                    .context("preparing the TLS listener")?;
+                axum_server::from_tcp_rustls(std, tls)
+                    .context("preparing the TLS listener")?
+                    .serve(make)
+                    .await
+                    .context("serving HTTPS")
+            }
+        };
+        ticker.abort();
+        result
+    }
+}
+
+/// Creates the admin token `admin` when there is no admin token at all; returns the secret.
+pub async fn ensure_admin_token(db: &Db) -> Result<Option<String>> {
+    let n: i64 = sqlx::query("SELECT COUNT(*) AS n FROM admin_tokens")
+        .fetch_one(&db.write)
+        .await?
+        .try_get("n")?;
+    if n > 0 {
+        return Ok(None);
+    }
+    Ok(Some(create_admin_token(db, "admin").await?))
+}
+
+/// A new admin token named `name` (for `otter server admin-token NAME`); returns the secret.
+pub async fn create_admin_token(db: &Db, name: &str) -> Result<String> {
+    let token = auth::new_secret("ota");
+    let mut tx = db.write.begin().await?;
+    sqlx::query("INSERT INTO admin_tokens (token_hash, name, created_at) VALUES ($1, $2, $3)")
+        .bind(auth::hash_secret(&token))
+        .bind(name)
+        .bind(db::now_ms())
+        .execute(&mut *tx)
+        .await
+        .context("storing the admin token")?;
+    db::audit(
+        &mut *tx,
+        "server",
+        "admin_token_created",
+        &format!("admin:{name}"),
+        "",
+    )
+    .await?;
+    tx.commit().await?;
+    Ok(token)
+}
+
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .merge(device_api::routes())
+        .merge(admin_api::routes())
+        .merge(dashboard::routes())
+        .route("/api/openapi.json", axum::routing::get(openapi::handler))
+        .fallback(|| async {
+            error::ApiErr::not_found("not_found", "no such endpoint (see /api/openapi.json)")
+        })
+        .layer(DefaultBodyLimit::max(otter_proto::MAX_JSON_BODY))
+        .with_state(state)
+}

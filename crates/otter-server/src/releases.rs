@@ -1,0 +1,279 @@
+//! Releases: an uploaded bundle is spooled to a temporary file, its signature checked against the
+//! fleet's trusted keys and its payload against the manifest's hashes, then stored in the
+//! artifact store and recorded. A refused upload leaves nothing behind.
+
+use axum::body::Body;
+use axum::http::StatusCode;
+use ed25519_dalek::pkcs8::DecodePublicKey;
+use futures::StreamExt;
+use object_store::{ObjectStore, WriteMultipart};
+use otter_bundle::PublicKey;
+use otter_proto::admin::Release;
+use sqlx::Row;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::AppState;
+use crate::db::{audit, now_ms};
+use crate::error::{ApiErr, ApiResult};
+
+/// Parses an SPKI PEM Ed25519 public key (the `.pub` files of `otter keys generate`).
+pub fn parse_public_key_pem(pem: &str) -> Result<PublicKey, String> {
+    let vk = ed25519_dalek::VerifyingKey::from_public_key_pem(pem.trim())
+        .map_err(|e| format!("not an Ed25519 SPKI PEM public key ({e})"))?;
+    PublicKey::from_bytes(&vk.to_bytes()).ok_or_else(|| "not a valid Ed25519 point".to_owned())
+}
+
+/// The fleet's trusted release keys: `--trusted-key` flags plus those added through the API.
+pub async fn trusted_keys(st: &AppState) -> ApiResult<Vec<PublicKey>> {
+    let mut keys = st.flag_keys.clone();
+    let rows = sqlx::query("SELECT fingerprint, pem FROM trusted_keys")
+        .fetch_all(&st.db.read)
+        .await?;
+    for r in rows {
+        let pem: String = r.try_get("pem")?;
+        let k = parse_public_key_pem(&pem).map_err(|e| {
+            ApiErr::internal(
+                "loading trusted keys",
+                format!(
+                    "key {}: {e}",
+                    r.try_get::<String, _>("fingerprint").unwrap_or_default()
+                ),
+            )
+        })?;
+        keys.push(k);
+    }
+    Ok(keys)
+}
+
+pub fn release_from_row(r: &sqlx::any::AnyRow) -> Result<Release, sqlx::Error> {
+    Ok(Release {
+        id: r.try_get("id")?,
+        version: r.try_get("version")?,
+        compatible: r.try_get("compatible")?,
+        size: r.try_get::<i64, _>("size")? as u64,
+        manifest_digest: r.try_get("manifest_digest")?,
+        signer: r.try_get("signer")?,
+        uploaded_at_ms: r.try_get("uploaded_at")?,
+        uploaded_by: r.try_get("uploaded_by")?,
+    })
+}
+
+struct Checked {
+    version: String,
+    compatible: String,
+    digest: String,
+    signer: String,
+}
+
+fn bundle_error(e: otter_bundle::Error, tmp: &str) -> ApiErr {
+    use otter_bundle::Error as E;
+    let code = match &e {
+        E::Unsigned { .. } => "unsigned_bundle",
+        E::UntrustedSigners { .. } => "untrusted_signer",
+        E::InvalidSignature { .. } => "invalid_signature",
+        E::Io { .. } | E::SourceRead { .. } => {
+            return ApiErr::internal("reading the spooled upload", e);
+        }
+        _ => "invalid_bundle",
+    };
+    let msg = e.to_string().replace(tmp, "the uploaded bundle");
+    ApiErr::bad_request(code, msg)
+}
+
+fn check_bundle(path: &std::path::Path, keys: &[PublicKey]) -> ApiResult<Checked> {
+    let name = path.to_string_lossy().into_owned();
+    if keys.is_empty() {
+        return Err(ApiErr::new(
+            StatusCode::CONFLICT,
+            "no_trusted_keys",
+            "the server trusts no release key yet: start it with --trusted-key FILE.pub or add one with POST /api/v1/admin/keys",
+        ));
+    }
+    let reader = otter_bundle::BundleReader::open(&name).map_err(|e| bundle_error(e, &name))?;
+    reader
+        .check_complete()
+        .map_err(|e| bundle_error(e, &name))?;
+    let digest = reader.manifest_digest_hex();
+    let v = reader.verify(keys).map_err(|e| bundle_error(e, &name))?;
+    v.check_payload(&mut |_, _| {})
+        .map_err(|e| bundle_error(e, &name))?;
+    Ok(Checked {
+        version: v.manifest().version.clone(),
+        compatible: v.manifest().compatible.clone(),
+        digest,
+        signer: v.signer().to_owned(),
+    })
+}
+
+pub async fn upload(st: &AppState, actor: &str, body: Body) -> ApiResult<Release> {
+    let tmp_dir = if st.cfg.data_dir.is_dir() {
+        st.cfg.data_dir.clone()
+    } else {
+        std::env::temp_dir()
+    };
+    let tmp = tempfile::Builder::new()
+        .prefix(".upload-")
+        .tempfile_in(&tmp_dir)
+        .map_err(|e| {
+            ApiErr::internal(
+                &format!("creating a temporary file in {}", tmp_dir.display()),
+                e,
+            )
+        })?;
+    let std_file = tmp
+        .as_file()
+        .try_clone()
+        .map_err(|e| ApiErr::internal("opening the temporary file", e))?;
+    let mut f = tokio::fs::File::from_std(std_file);
+    let mut size: u64 = 0;
+    let mut stream = body.into_data_stream();
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(|e| {
+            ApiErr::bad_request("upload_interrupted", format!("reading the upload: {e}"))
+        })?;
+        size += chunk.len() as u64;
+        if size > st.cfg.max_bundle_size {
+            return Err(ApiErr::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "bundle_too_large",
+                format!(
+                    "the bundle is larger than the server's limit of {} bytes (--max-bundle-size)",
+                    st.cfg.max_bundle_size
+                ),
+            ));
+        }
+        f.write_all(&chunk)
+            .await
+            .map_err(|e| ApiErr::internal("spooling the upload", e))?;
+    }
+    f.flush()
+        .await
+        .map_err(|e| ApiErr::internal("spooling the upload", e))?;
+    if size == 0 {
+        return Err(ApiErr::bad_request(
+            "empty_body",
+            "send the bundle file as the request body",
+        ));
+    }
+    let keys = trusted_keys(st).await?;
+    let path = tmp.path().to_owned();
+    let checked = tokio::task::spawn_blocking(move || check_bundle(&path, &keys))
+        .await
+        .map_err(|e| ApiErr::internal("checking the bundle", e))??;
+    let id = checked.digest[..16].to_owned();
+
+    let dup =
+        sqlx::query("SELECT id FROM releases WHERE id = $1 OR (compatible = $2 AND version = $3)")
+            .bind(&id)
+            .bind(&checked.compatible)
+            .bind(&checked.version)
+            .fetch_optional(&st.db.read)
+            .await?;
+    if let Some(d) = dup {
+        return Err(ApiErr::conflict(
+            "release_exists",
+            format!(
+                "release {} for {} already exists (id {}); bump the version",
+                checked.version,
+                checked.compatible,
+                d.try_get::<String, _>("id")?
+            ),
+        ));
+    }
+
+    let obj = st.store.release_path(&id);
+    copy_to_store(&*st.store.store, &obj, tmp.path())
+        .await
+        .map_err(|e| ApiErr::internal(&format!("storing the bundle as {obj}"), e))?;
+    let now = now_ms();
+    let insert = async {
+        let mut tx = st.db.write.begin().await?;
+        sqlx::query(
+            "INSERT INTO releases (id, version, compatible, size, manifest_digest, signer, object_path, uploaded_at, uploaded_by) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+        )
+        .bind(&id)
+        .bind(&checked.version)
+        .bind(&checked.compatible)
+        .bind(size as i64)
+        .bind(&checked.digest)
+        .bind(&checked.signer)
+        .bind(obj.to_string())
+        .bind(now)
+        .bind(actor)
+        .execute(&mut *tx)
+        .await?;
+        audit(
+            &mut *tx,
+            actor,
+            "release_uploaded",
+            &format!("release:{id}"),
+            &format!(
+                "{} for {}, {size} bytes, signed by {}",
+                checked.version, checked.compatible, checked.signer
+            ),
+        )
+        .await?;
+        tx.commit().await
+    };
+    if let Err(e) = insert.await {
+        // Do not leave an unrecorded object behind.
+        let _ = st.store.store.delete(&obj).await;
+        return Err(
+            if e.as_database_error()
+                .is_some_and(|d| d.is_unique_violation())
+            {
+                ApiErr::conflict(
+                    "release_exists",
+                    format!(
+                        "release {} for {} already exists",
+                        checked.version, checked.compatible
+                    ),
+                )
+            } else {
+                e.into()
+            },
+        );
+    }
+    Ok(Release {
+        id,
+        version: checked.version,
+        compatible: checked.compatible,
+        size,
+        manifest_digest: checked.digest,
+        signer: checked.signer,
+        uploaded_at_ms: now,
+        uploaded_by: actor.to_owned(),
+    })
+}
+
+async fn copy_to_store(
+    store: &dyn ObjectStore,
+    obj: &object_store::path::Path,
+    file: &std::path::Path,
+) -> anyhow::Result<()> {
+    let upload = store.put_multipart(obj).await?;
+    let mut w = WriteMultipart::new(upload);
+    let mut f = tokio::fs::File::open(file).await?;
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = f.read(&mut buf).await?;
+        if n == 0 {
+            break;
+        }
+        w.wait_for_capacity(4).await?;
+        w.write(&buf[..n]);
+    }
+    w.finish().await?;
+    Ok(())
+}
+
+pub async fn list(st: &AppState) -> ApiResult<Vec<Release>> {
+    let rows = sqlx::query("SELECT * FROM releases ORDER BY uploaded_at DESC")
+        .fetch_all(&st.db.read)
+        .await?;
+    Ok(rows
+        .iter()
+        .map(release_from_row)
+        .collect::<Result<_, _>>()?)
+}

@@ -1,0 +1,825 @@
+//! Rollouts: a release targeted at a set of devices in phases (e.g. 1% → 10% → 50% → 100%).
+//!
+//! Every targeted device gets a random position; phase k covers the first ⌈pₖ·N⌉ positions.
+//! Starting a phase sets the target (and the target ETag) of its devices in one `UPDATE`, so the
+//! poll path stays a single indexed read. A device's reports mark it `succeeded` (committed the
+//! release, or runs it) or `failed` (install error, rollback); a device that stays silent past the
+//! deadline counts as failed. A tick (every process runs one; each change is a conditional
+//! `UPDATE` in a transaction, so two processes never both apply it) pauses a rollout whose failure
+//! ratio exceeds its threshold, and advances it when the current phase has soaked long enough and
+//! its success ratio reaches the threshold. Every change is recorded in the audit table.
+
+use std::collections::HashMap;
+
+use otter_proto::admin::{
+    CreateRollout, PhaseSpec, PhaseStatus, Rollout, RolloutFailure, RolloutState,
+};
+use otter_proto::{StateReport, UpdatePhase};
+use rand::seq::SliceRandom;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use sqlx::{Any, Row, Transaction};
+
+use crate::AppState;
+use crate::db::{audit, now_ms};
+use crate::error::{ApiErr, ApiResult};
+
+/// The target ETag of a device: changes exactly when what `GET /target` answers changes.
+pub fn etag_for(release_id: Option<&str>, source: Option<&str>) -> String {
+    match release_id {
+        None => "none".into(),
+        Some(r) => {
+            let h = Sha256::digest(format!("{r}\n{}", source.unwrap_or("")).as_bytes());
+            hex::encode(&h[..8])
+        }
+    }
+}
+
+/// Recomputes one device's target from its pin and rollout (inside the caller's transaction).
+pub async fn refresh_target(tx: &mut Transaction<'_, Any>, device_id: &str) -> sqlx::Result<()> {
+    let row = sqlx::query(
+        "SELECT pinned_release_id, rollout_id, rollout_release_id FROM devices WHERE id = $1",
+    )
+    .bind(device_id)
+    .fetch_one(&mut **tx)
+    .await?;
+    let pinned: Option<String> = row.try_get("pinned_release_id")?;
+    let rollout: Option<String> = row.try_get("rollout_id")?;
+    let rollout_release: Option<String> = row.try_get("rollout_release_id")?;
+    let (target, etag) = match (&pinned, &rollout_release) {
+        (Some(p), _) => (Some(p.clone()), etag_for(Some(p), Some("pin"))),
+        (None, Some(r)) => (Some(r.clone()), etag_for(Some(r), rollout.as_deref())),
+        (None, None) => (None, etag_for(None, None)),
+    };
+    sqlx::query("UPDATE devices SET target_release_id = $1, target_etag = $2 WHERE id = $3")
+        .bind(target)
+        .bind(etag)
+        .bind(device_id)
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct StoredPhase {
+    percent: f64,
+    min_soak_secs: u64,
+    started_at_ms: Option<i64>,
+}
+
+pub const DEFAULT_SUCCESS_THRESHOLD: f64 = 0.95;
+pub const DEFAULT_FAILURE_THRESHOLD: f64 = 0.05;
+pub const DEFAULT_DEADLINE_SECS: u64 = 3600;
+
+pub fn default_phases() -> Vec<PhaseSpec> {
+    [1.0, 10.0, 50.0, 100.0]
+        .into_iter()
+        .map(|percent| PhaseSpec {
+            percent,
+            min_soak_secs: 600,
+        })
+        .collect()
+}
+
+fn check_spec(phases: &[PhaseSpec], success: f64, failure: f64, deadline: u64) -> ApiResult<()> {
+    let bad = |m: String| ApiErr::bad_request("invalid_rollout", m);
+    if phases.is_empty() || phases.len() > 20 {
+        return Err(bad(format!("{} phases: give 1 to 20", phases.len())));
+    }
+    let mut prev = 0.0;
+    for (i, p) in phases.iter().enumerate() {
+        if !(p.percent > prev && p.percent <= 100.0) {
+            return Err(bad(format!(
+                "phase {}: percent {} must be above the previous phase's ({prev}) and at most 100",
+                i + 1,
+                p.percent
+            )));
+        }
+        prev = p.percent;
+    }
+    if prev != 100.0 {
+        return Err(bad(format!(
+            "the last phase must be 100 percent, not {prev}"
+        )));
+    }
+    if !(success > 0.0 && success <= 1.0) {
+        return Err(bad(format!(
+            "success_threshold {success}: must be in (0, 1]"
+        )));
+    }
+    if !(0.0..1.0).contains(&failure) {
+        return Err(bad(format!(
+            "failure_threshold {failure}: must be in [0, 1)"
+        )));
+    }
+    if deadline == 0 {
+        return Err(bad("device_deadline_secs must be above 0".into()));
+    }
+    Ok(())
+}
+
+/// Number of devices covered by phases up to and including each phase.
+fn cumulative_counts(phases: &[PhaseSpec], n: usize) -> Vec<usize> {
+    phases
+        .iter()
+        .map(|p| {
+            let c = (p.percent / 100.0 * n as f64).ceil() as usize;
+            c.clamp(usize::from(n > 0), n)
+        })
+        .collect()
+}
+
+/// Finds a release by id, or by version when that is unambiguous.
+pub async fn resolve_release(st: &AppState, what: &str) -> ApiResult<(String, String, String)> {
+    let rows = sqlx::query(
+        "SELECT id, version, compatible FROM releases WHERE id = $1 OR version = $1 ORDER BY uploaded_at",
+    )
+    .bind(what)
+    .fetch_all(&st.db.read)
+    .await?;
+    if let Some(r) = rows
+        .iter()
+        .find(|r| r.try_get::<String, _>("id").is_ok_and(|id| id == what))
+    {
+        return Ok((
+            r.try_get("id")?,
+            r.try_get("version")?,
+            r.try_get("compatible")?,
+        ));
+    }
+    match rows.len() {
+        0 => Err(ApiErr::not_found(
+            "unknown_release",
+            format!("no release with id or version {what:?} (otter release ls)"),
+        )),
+        1 => Ok((
+            rows[0].try_get("id")?,
+            rows[0].try_get("version")?,
+            rows[0].try_get("compatible")?,
+        )),
+        _ => Err(ApiErr::conflict(
+            "ambiguous_release",
+            format!(
+                "version {what} exists for several boards; give the release id (otter release ls)"
+            ),
+        )),
+    }
+}
+
+pub async fn create(st: &AppState, actor: &str, spec: CreateRollout) -> ApiResult<String> {
+    let phases = spec.phases.clone().unwrap_or_else(default_phases);
+    let success = spec.success_threshold.unwrap_or(DEFAULT_SUCCESS_THRESHOLD);
+    let failure = spec.failure_threshold.unwrap_or(DEFAULT_FAILURE_THRESHOLD);
+    let deadline = spec.device_deadline_secs.unwrap_or(DEFAULT_DEADLINE_SECS);
+    check_spec(&phases, success, failure, deadline)?;
+    let (release_id, version, compatible) = resolve_release(st, &spec.release).await?;
+
+    // Devices in an unfinished rollout are not taken by another one.
+    let busy_rows = sqlx::query(
+        "SELECT d.id FROM devices d JOIN rollouts r ON r.id = d.rollout_id WHERE r.state IN ('active', 'paused')",
+    )
+    .fetch_all(&st.db.read)
+    .await?;
+    let mut busy = std::collections::HashSet::new();
+    for r in busy_rows {
+        busy.insert(r.try_get::<String, _>("id")?);
+    }
+    let mut devices: Vec<String> = Vec::new();
+    if spec.selector.devices.is_empty() {
+        let rows = sqlx::query(
+            "SELECT id, tags FROM devices WHERE status = 'accepted' AND compatible = $1 AND pinned_release_id IS NULL",
+        )
+        .bind(&compatible)
+        .fetch_all(&st.db.read)
+        .await?;
+        for r in rows {
+            let id: String = r.try_get("id")?;
+            let tags: String = r.try_get("tags")?;
+            let has_all = spec
+                .selector
+                .tags
+                .iter()
+                .all(|t| tags.split(',').any(|x| x == t));
+            if has_all && !busy.contains(&id) {
+                devices.push(id);
+            }
+        }
+    } else {
+        for id in &spec.selector.devices {
+            let r = sqlx::query(
+                "SELECT status, compatible, tags, pinned_release_id FROM devices WHERE id = $1",
+            )
+            .bind(id)
+            .fetch_optional(&st.db.read)
+            .await?
+            .ok_or_else(|| {
+                ApiErr::not_found(
+                    "unknown_device",
+                    format!("no device {id} (otter devices ls)"),
+                )
+            })?;
+            let dc: String = r.try_get("compatible")?;
+            if dc != compatible {
+                return Err(ApiErr::bad_request(
+                    "incompatible_board",
+                    format!("device {id} is {dc}; release {version} is for {compatible}"),
+                ));
+            }
+            let status: String = r.try_get("status")?;
+            if status != "accepted" {
+                return Err(ApiErr::conflict(
+                    "device_not_accepted",
+                    format!("device {id} is {status}"),
+                ));
+            }
+            if r.try_get::<Option<String>, _>("pinned_release_id")?
+                .is_some()
+            {
+                return Err(ApiErr::conflict(
+                    "device_pinned",
+                    format!("device {id} is pinned to a release; unpin it first"),
+                ));
+            }
+            if busy.contains(id) {
+                return Err(ApiErr::conflict(
+                    "device_in_rollout",
+                    format!("device {id} is in another active or paused rollout"),
+                ));
+            }
+            let tags: String = r.try_get("tags")?;
+            if spec
+                .selector
+                .tags
+                .iter()
+                .all(|t| tags.split(',').any(|x| x == t))
+                && !devices.contains(id)
+            {
+                devices.push(id.clone());
+            }
+        }
+    }
+    if devices.is_empty() {
+        return Err(ApiErr::bad_request(
+            "no_devices",
+            format!(
+                "no accepted, unpinned device of board {compatible} outside other rollouts matches the selector"
+            ),
+        ));
+    }
+    devices.shuffle(&mut rand::thread_rng());
+    let cum = cumulative_counts(&phases, devices.len());
+    let now = now_ms();
+    let stored: Vec<StoredPhase> = phases
+        .iter()
+        .enumerate()
+        .map(|(i, p)| StoredPhase {
+            percent: p.percent,
+            min_soak_secs: p.min_soak_secs,
+            started_at_ms: (i == 0).then_some(now),
+        })
+        .collect();
+    let id = crate::auth::new_id();
+    let mut tx = st.db.write.begin().await?;
+    sqlx::query(
+        "INSERT INTO rollouts (id, release_id, state, phase, phases_json, success_threshold, failure_threshold, deadline_secs, total, phase_started_at, created_at, created_by, updated_at) \
+         VALUES ($1, $2, 'active', 0, $3, $4, $5, $6, $7, $8, $8, $9, $8)",
+    )
+    .bind(&id)
+    .bind(&release_id)
+    .bind(serde_json::to_string(&stored).map_err(|e| ApiErr::internal("encoding phases", e))?)
+    .bind(success)
+    .bind(failure)
+    .bind(deadline as i64)
+    .bind(devices.len() as i64)
+    .bind(now)
+    .bind(actor)
+    .execute(&mut *tx)
+    .await?;
+    // Many rows per statement: 100,000 single inserts would hold the writer for long.
+    for (chunk_no, chunk) in devices.chunks(200).enumerate() {
+        let mut sql = String::from(
+            "INSERT INTO rollout_devices (rollout_id, device_id, position, phase, state) VALUES ",
+        );
+        for i in 0..chunk.len() {
+            if i > 0 {
+                sql.push(',');
+            }
+            let b = i * 3;
+            sql.push_str(&format!(
+                "($1, ${}, ${}, ${}, 'waiting')",
+                b + 2,
+                b + 3,
+                b + 4
+            ));
+        }
+        let mut q = sqlx::query(&sql).bind(&id);
+        for (i, dev) in chunk.iter().enumerate() {
+            let pos = chunk_no * 200 + i;
+            let phase = cum.iter().position(|&c| pos < c).unwrap_or(cum.len() - 1);
+            q = q.bind(dev).bind(pos as i64).bind(phase as i64);
+        }
+        q.execute(&mut *tx).await?;
+    }
+    let phase_text: Vec<String> = phases.iter().map(|p| format!("{}%", p.percent)).collect();
+    audit(
+        &mut *tx,
+        actor,
+        "rollout_created",
+        &format!("rollout:{id}"),
+        &format!(
+            "release {version} ({release_id}) to {} device(s), phases {}",
+            devices.len(),
+            phase_text.join(" → ")
+        ),
+    )
+    .await?;
+    start_phase(&mut tx, &id, &release_id, 0, now).await?;
+    tx.commit().await?;
+    Ok(id)
+}
+
+/// Targets the devices of phase `phase` (not pinned ones: a pin wins).
+async fn start_phase(
+    tx: &mut Transaction<'_, Any>,
+    rollout_id: &str,
+    release_id: &str,
+    phase: i64,
+    now: i64,
+) -> sqlx::Result<()> {
+    sqlx::query(
+        "UPDATE devices SET rollout_id = $1, rollout_release_id = $2, \
+         target_release_id = CASE WHEN pinned_release_id IS NULL THEN $2 ELSE target_release_id END, \
+         target_etag = CASE WHEN pinned_release_id IS NULL THEN $3 ELSE target_etag END \
+         WHERE id IN (SELECT device_id FROM rollout_devices WHERE rollout_id = $1 AND phase = $4)",
+    )
+    .bind(rollout_id)
+    .bind(release_id)
+    .bind(etag_for(Some(release_id), Some(rollout_id)))
+    .bind(phase)
+    .execute(&mut **tx)
+    .await?;
+    sqlx::query(
+        "UPDATE rollout_devices SET state = 'targeted', targeted_at = $1 WHERE rollout_id = $2 AND phase = $3 AND state = 'waiting'",
+    )
+    .bind(now)
+    .bind(rollout_id)
+    .bind(phase)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+/// Applies a device's report to its rollout: success when it committed or runs the release,
+/// failure on an install error or a rollback of it.
+pub async fn record_report(
+    tx: &mut Transaction<'_, Any>,
+    device_id: &str,
+    r: &StateReport,
+    now: i64,
+) -> sqlx::Result<()> {
+    let row = sqlx::query(
+        "SELECT d.rollout_id, rel.version FROM devices d JOIN releases rel ON rel.id = d.rollout_release_id \
+         JOIN rollout_devices rd ON rd.rollout_id = d.rollout_id AND rd.device_id = d.id \
+         WHERE d.id = $1 AND rd.state = 'targeted'",
+    )
+    .bind(device_id)
+    .fetch_optional(&mut **tx)
+    .await?;
+    let Some(row) = row else { return Ok(()) };
+    let rollout_id: String = row.try_get("rollout_id")?;
+    let version: String = row.try_get("version")?;
+    let mut outcome: Option<(&str, String)> = None;
+    if let Some(rb) = r.rollbacks.iter().find(|rb| rb.version == version) {
+        outcome = Some(("failed", format!("rolled back: {}", rb.reason)));
+    } else if let Some(u) = r.update.as_ref().filter(|u| u.version == version) {
+        if u.phase.is_failure() {
+            let why = u.error.clone().unwrap_or_else(|| u.phase.as_str().into());
+            let what = if u.phase == UpdatePhase::RolledBack {
+                "rolled back"
+            } else {
+                "install failed"
+            };
+            outcome = Some(("failed", format!("{what}: {why}")));
+        } else if u.phase == UpdatePhase::Committed {
+            outcome = Some(("succeeded", String::new()));
+        }
+    } else if r.os_version.as_deref() == Some(version.as_str()) {
+        outcome = Some(("succeeded", String::new()));
+    }
+    let Some((state, reason)) = outcome else {
+        return Ok(());
+    };
+    sqlx::query(
+        "UPDATE rollout_devices SET state = $1, reason = $2, finished_at = $3 \
+         WHERE rollout_id = $4 AND device_id = $5 AND state = 'targeted'",
+    )
+    .bind(state)
+    .bind(if reason.is_empty() {
+        None
+    } else {
+        Some(reason.clone())
+    })
+    .bind(now)
+    .bind(&rollout_id)
+    .bind(device_id)
+    .execute(&mut **tx)
+    .await?;
+    if state == "failed" {
+        audit(
+            &mut **tx,
+            &format!("device:{device_id}"),
+            "device_failed",
+            &format!("rollout:{rollout_id}"),
+            &reason,
+        )
+        .await?;
+    }
+    Ok(())
+}
+
+/// Evaluates every active rollout once.
+pub async fn tick(st: &AppState) -> anyhow::Result<()> {
+    let ids = sqlx::query("SELECT id FROM rollouts WHERE state = 'active'")
+        .fetch_all(&st.db.read)
+        .await?;
+    for r in ids {
+        let id: String = r.try_get("id")?;
+        evaluate(st, &id).await?;
+    }
+    Ok(())
+}
+
+pub async fn run_ticker(st: AppState) {
+    let mut iv = tokio::time::interval(st.cfg.rollout_tick);
+    iv.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        iv.tick().await;
+        if let Err(e) = tick(&st).await {
+            tracing::error!("evaluating rollouts: {e:#}");
+        }
+    }
+}
+
+async fn evaluate(st: &AppState, id: &str) -> anyhow::Result<()> {
+    let now = now_ms();
+    let mut tx = st.db.write.begin().await?;
+    let Some(r) = sqlx::query(
+        "SELECT release_id, phase, phases_json, success_threshold, failure_threshold, deadline_secs, ack_failed, phase_started_at \
+         FROM rollouts WHERE id = $1 AND state = 'active'",
+    )
+    .bind(id)
+    .fetch_optional(&mut *tx)
+    .await?
+    else {
+        return Ok(());
+    };
+    let phase: i64 = r.try_get("phase")?;
+    let mut phases: Vec<StoredPhase> =
+        serde_json::from_str(&r.try_get::<String, _>("phases_json")?)?;
+    let success_t: f64 = r.try_get("success_threshold")?;
+    let failure_t: f64 = r.try_get("failure_threshold")?;
+    let deadline: i64 = r.try_get("deadline_secs")?;
+    let ack_failed: i64 = r.try_get("ack_failed")?;
+    let started: i64 = r.try_get("phase_started_at")?;
+    let release_id: String = r.try_get("release_id")?;
+    let subject = format!("rollout:{id}");
+
+    let silent = sqlx::query(
+        "UPDATE rollout_devices SET state = 'failed', finished_at = $1, reason = $2 \
+         WHERE rollout_id = $3 AND state = 'targeted' AND targeted_at < $4",
+    )
+    .bind(now)
+    .bind(format!("silent past the deadline ({deadline} s)"))
+    .bind(id)
+    .bind(now - deadline * 1000)
+    .execute(&mut *tx)
+    .await?
+    .rows_affected();
+    if silent > 0 {
+        audit(
+            &mut *tx,
+            "server",
+            "devices_silent",
+            &subject,
+            &format!("{silent} device(s) silent past the deadline ({deadline} s) count as failed"),
+        )
+        .await?;
+    }
+    let counts = sqlx::query(
+        "SELECT state, COUNT(*) AS n FROM rollout_devices WHERE rollout_id = $1 AND phase <= $2 GROUP BY state",
+    )
+    .bind(id)
+    .bind(phase)
+    .fetch_all(&mut *tx)
+    .await?;
+    let (mut total, mut failed, mut succeeded) = (0i64, 0i64, 0i64);
+    for c in counts {
+        let n: i64 = c.try_get("n")?;
+        total += n;
+        match c.try_get::<String, _>("state")?.as_str() {
+            "failed" => failed += n,
+            "succeeded" => succeeded += n,
+            _ => {}
+        }
+    }
+    let counted_failed = (failed - ack_failed).max(0);
+    if total > 0 && counted_failed as f64 / total as f64 > failure_t {
+        let reason = format!(
+            "paused itself: {counted_failed} of {total} device(s) failed ({:.1}%), above the failure threshold of {:.1}%",
+            100.0 * counted_failed as f64 / total as f64,
+            100.0 * failure_t
+        );
+        let n = sqlx::query(
+            "UPDATE rollouts SET state = 'paused', reason = $1, updated_at = $2 WHERE id = $3 AND state = 'active' AND phase = $4",
+        )
+        .bind(&reason)
+        .bind(now)
+        .bind(id)
+        .bind(phase)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        if n == 1 {
+            audit(&mut *tx, "server", "rollout_paused", &subject, &reason).await?;
+        }
+    } else {
+        let soak_ms = phases
+            .get(phase as usize)
+            .map_or(0, |p| p.min_soak_secs as i64 * 1000);
+        let ratio_ok = total == 0 || succeeded as f64 / total as f64 >= success_t;
+        if now - started >= soak_ms && ratio_ok {
+            let next = phase + 1;
+            if next as usize >= phases.len() {
+                let n = sqlx::query(
+                    "UPDATE rollouts SET state = 'completed', reason = NULL, updated_at = $1 WHERE id = $2 AND state = 'active' AND phase = $3",
+                )
+                .bind(now)
+                .bind(id)
+                .bind(phase)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+                if n == 1 {
+                    audit(
+                        &mut *tx,
+                        "server",
+                        "rollout_completed",
+                        &subject,
+                        &format!("{succeeded} of {total} device(s) succeeded"),
+                    )
+                    .await?;
+                }
+            } else {
+                if let Some(p) = phases.get_mut(next as usize) {
+                    p.started_at_ms = Some(now);
+                }
+                let n = sqlx::query(
+                    "UPDATE rollouts SET phase = $1, phases_json = $2, phase_started_at = $3, updated_at = $3 \
+                     WHERE id = $4 AND state = 'active' AND phase = $5",
+                )
+                .bind(next)
+                .bind(serde_json::to_string(&phases)?)
+                .bind(now)
+                .bind(id)
+                .bind(phase)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+                if n == 1 {
+                    start_phase(&mut tx, id, &release_id, next, now).await?;
+                    audit(
+                        &mut *tx,
+                        "server",
+                        "phase_started",
+                        &subject,
+                        &format!(
+                            "phase {} ({}%) after {succeeded} of {total} succeeded",
+                            next + 1,
+                            phases[next as usize].percent
+                        ),
+                    )
+                    .await?;
+                }
+            }
+        }
+    }
+    tx.commit().await?;
+    Ok(())
+}
+
+/// `pause`, `resume` or `abort` by an admin.
+pub async fn control(st: &AppState, actor: &str, id: &str, action: &str) -> ApiResult<()> {
+    let now = now_ms();
+    let subject = format!("rollout:{id}");
+    let mut tx = st.db.write.begin().await?;
+    let row = sqlx::query("SELECT state FROM rollouts WHERE id = $1")
+        .bind(id)
+        .fetch_optional(&mut *tx)
+        .await?
+        .ok_or_else(|| {
+            ApiErr::not_found(
+                "unknown_rollout",
+                format!("no rollout {id} (otter rollout status)"),
+            )
+        })?;
+    let state: String = row.try_get("state")?;
+    let (from, to): (&[&str], &str) = match action {
+        "pause" => (&["active"], "paused"),
+        "resume" => (&["paused"], "active"),
+        "abort" => (&["active", "paused"], "aborted"),
+        _ => {
+            return Err(ApiErr::not_found(
+                "unknown_action",
+                format!("{action}: use pause, resume or abort"),
+            ));
+        }
+    };
+    if !from.contains(&state.as_str()) {
+        return Err(ApiErr::conflict(
+            "bad_state",
+            format!(
+                "rollout {id} is {state}; {action} needs it {}",
+                from.join(" or ")
+            ),
+        ));
+    }
+    let reason = format!("{action}d by {actor}").replace("abortd", "aborted");
+    if action == "resume" {
+        // Failures seen so far are acknowledged by whoever resumes: only new ones count.
+        sqlx::query(
+            "UPDATE rollouts SET state = 'active', reason = NULL, updated_at = $1, \
+             ack_failed = (SELECT COUNT(*) FROM rollout_devices WHERE rollout_id = $2 AND state = 'failed') WHERE id = $2",
+        )
+        .bind(now)
+        .bind(id)
+        .execute(&mut *tx)
+        .await?;
+    } else {
+        sqlx::query("UPDATE rollouts SET state = $1, reason = $2, updated_at = $3 WHERE id = $4")
+            .bind(to)
+            .bind(&reason)
+            .bind(now)
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+    }
+    if action == "abort" {
+        // Devices stop being targeted; what they installed stays.
+        let ids = sqlx::query("SELECT id FROM devices WHERE rollout_id = $1")
+            .bind(id)
+            .fetch_all(&mut *tx)
+            .await?;
+        sqlx::query(
+            "UPDATE devices SET rollout_id = NULL, rollout_release_id = NULL WHERE rollout_id = $1",
+        )
+        .bind(id)
+        .execute(&mut *tx)
+        .await?;
+        for r in ids {
+            refresh_target(&mut tx, &r.try_get::<String, _>("id")?).await?;
+        }
+    }
+    audit(&mut *tx, actor, &format!("rollout_{to}"), &subject, &reason).await?;
+    tx.commit().await?;
+    Ok(())
+}
+
+pub async fn load(st: &AppState, id: &str) -> ApiResult<Rollout> {
+    let r = sqlx::query(
+        "SELECT ro.*, rel.version, rel.compatible FROM rollouts ro JOIN releases rel ON rel.id = ro.release_id WHERE ro.id = $1",
+    )
+    .bind(id)
+    .fetch_optional(&st.db.read)
+    .await?
+    .ok_or_else(|| ApiErr::not_found("unknown_rollout", format!("no rollout {id}")))?;
+    let phases: Vec<StoredPhase> = serde_json::from_str(&r.try_get::<String, _>("phases_json")?)
+        .map_err(|e| ApiErr::internal("decoding phases", e))?;
+    let counts = sqlx::query(
+        "SELECT phase, state, COUNT(*) AS n FROM rollout_devices WHERE rollout_id = $1 GROUP BY phase, state",
+    )
+    .bind(id)
+    .fetch_all(&st.db.read)
+    .await?;
+    let mut per: HashMap<(i64, String), u64> = HashMap::new();
+    for c in counts {
+        per.insert(
+            (c.try_get("phase")?, c.try_get("state")?),
+            c.try_get::<i64, _>("n")? as u64,
+        );
+    }
+    let get = |p: i64, s: &str| per.get(&(p, s.to_owned())).copied().unwrap_or(0);
+    let phase_status = phases
+        .iter()
+        .enumerate()
+        .map(|(i, p)| {
+            let i = i as i64;
+            PhaseStatus {
+                percent: p.percent,
+                min_soak_secs: p.min_soak_secs,
+                devices: ["waiting", "targeted", "succeeded", "failed"]
+                    .iter()
+                    .map(|s| get(i, s))
+                    .sum(),
+                succeeded: get(i, "succeeded"),
+                failed: get(i, "failed"),
+                started_at_ms: p.started_at_ms,
+            }
+        })
+        .collect();
+    let fails = sqlx::query(
+        "SELECT device_id, reason, finished_at FROM rollout_devices WHERE rollout_id = $1 AND state = 'failed' ORDER BY finished_at DESC LIMIT 100",
+    )
+    .bind(id)
+    .fetch_all(&st.db.read)
+    .await?;
+    let mut failures = Vec::new();
+    for f in fails {
+        failures.push(RolloutFailure {
+            device_id: f.try_get("device_id")?,
+            reason: f
+                .try_get::<Option<String>, _>("reason")?
+                .unwrap_or_default(),
+            at_ms: f.try_get::<Option<i64>, _>("finished_at")?.unwrap_or(0),
+        });
+    }
+    let state: String = r.try_get("state")?;
+    Ok(Rollout {
+        id: id.to_owned(),
+        release_id: r.try_get("release_id")?,
+        version: r.try_get("version")?,
+        compatible: r.try_get("compatible")?,
+        state: RolloutState::parse(&state)
+            .ok_or_else(|| ApiErr::internal("reading rollout", format!("bad state {state}")))?,
+        phase: r.try_get::<i64, _>("phase")? as usize,
+        phases: phase_status,
+        success_threshold: r.try_get("success_threshold")?,
+        failure_threshold: r.try_get("failure_threshold")?,
+        device_deadline_secs: r.try_get::<i64, _>("deadline_secs")? as u64,
+        total_devices: r.try_get::<i64, _>("total")? as u64,
+        reason: r.try_get("reason")?,
+        created_at_ms: r.try_get("created_at")?,
+        created_by: r.try_get("created_by")?,
+        failures,
+        events: crate::admin_api::audit_for(st, &format!("rollout:{id}"), 100).await?,
+    })
+}
+
+pub async fn list(st: &AppState) -> ApiResult<Vec<Rollout>> {
+    let ids = sqlx::query("SELECT id FROM rollouts ORDER BY created_at DESC LIMIT 200")
+        .fetch_all(&st.db.read)
+        .await?;
+    let mut out = Vec::new();
+    for r in ids {
+        out.push(load(st, &r.try_get::<String, _>("id")?).await?);
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ph(ps: &[f64]) -> Vec<PhaseSpec> {
+        ps.iter()
+            .map(|&percent| PhaseSpec {
+                percent,
+                min_soak_secs: 0,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn phase_sizes() {
+        assert_eq!(
+            cumulative_counts(&ph(&[1.0, 10.0, 50.0, 100.0]), 1000),
+            vec![10, 100, 500, 1000]
+        );
+        // A tiny fleet still gets one device in the first phase.
+        assert_eq!(cumulative_counts(&ph(&[1.0, 100.0]), 3), vec![1, 3]);
+        assert_eq!(cumulative_counts(&ph(&[100.0]), 0), vec![0]);
+    }
+
+    #[test]
+    fn spec_checks() {
+        assert!(check_spec(&ph(&[10.0, 100.0]), 0.9, 0.1, 60).is_ok());
+        assert!(check_spec(&ph(&[10.0, 50.0]), 0.9, 0.1, 60).is_err());
+        assert!(check_spec(&ph(&[50.0, 10.0, 100.0]), 0.9, 0.1, 60).is_err());
+        assert!(check_spec(&ph(&[100.0]), 1.5, 0.1, 60).is_err());
+        assert!(check_spec(&ph(&[100.0]), 0.9, 1.0, 60).is_err());
+        assert!(check_spec(&ph(&[100.0]), 0.9, 0.1, 0).is_err());
+        assert!(check_spec(&[], 0.9, 0.1, 60).is_err());
+    }
+
+    #[test]
+    fn etags() {
+        assert_eq!(etag_for(None, None), "none");
+        assert_ne!(
+            etag_for(Some("r1"), Some("a")),
+            etag_for(Some("r1"), Some("b"))
+        );
+        assert_eq!(
+            etag_for(Some("r1"), Some("a")),
+            etag_for(Some("r1"), Some("a"))
+        );
+    }
+}
