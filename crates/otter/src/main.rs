@@ -8,8 +8,8 @@ use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-mod flash;
 mod bundle_diff;
+mod flash;
 mod fleet;
 mod server;
 
