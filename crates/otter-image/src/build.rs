@@ -120,6 +120,9 @@ pub fn build(p: &Project, o: &BuildOptions, log: &mut dyn FnMut(&str)) -> Result
 
     // 1. Base (cached).
     let recipe = BaseRecipe::for_project(p);
+    // Filesystem timestamps come from the base's epoch, not the build time: two builds of the
+    // same tree give the same bytes, and an unchanged file keeps its blocks (delta updates).
+    let fs_time = recipe.source_date_epoch;
     let (tarball, base_cached) = rootfs::base_tarball(&recipe, &o.cache_dir, log)?;
     mark("base rootfs", &mut timings);
 
@@ -157,7 +160,7 @@ pub fn build(p: &Project, o: &BuildOptions, log: &mut dyn FnMut(&str)) -> Result
 
     // 3. Root filesystem image.
     // Same inputs, same filesystem bytes (reproducible images; unchanged files delta well).
-    crate::fs::clamp_times(&tree, epoch)?;
+    crate::fs::clamp_times(&tree, fs_time)?;
     let usage = tree_usage(&tree)?;
     let root_size = match p.file.rootfs.size {
         Some(s) => s.0,
@@ -190,7 +193,7 @@ pub fn build(p: &Project, o: &BuildOptions, log: &mut dyn FnMut(&str)) -> Result
             label: "otter-root",
             seed: &format!("{}/root", p.compatible()),
             journal: false,
-            fake_time: epoch,
+            fake_time: fs_time,
         },
     )?;
     mark("root filesystem", &mut timings);
@@ -239,7 +242,7 @@ pub fn build(p: &Project, o: &BuildOptions, log: &mut dyn FnMut(&str)) -> Result
     // 5. Data partition.
     let data_tree = work.join("data");
     rootfs::data_skeleton(&data_tree)?;
-    crate::fs::clamp_times(&data_tree, epoch)?;
+    crate::fs::clamp_times(&data_tree, fs_time)?;
     let data_img = work.join("data.ext4");
     make_ext4(
         &data_img,
@@ -249,7 +252,7 @@ pub fn build(p: &Project, o: &BuildOptions, log: &mut dyn FnMut(&str)) -> Result
             label: "otter-data",
             seed: &format!("{}/data", p.compatible()),
             journal: true,
-            fake_time: epoch,
+            fake_time: fs_time,
         },
     )?;
     mark("boot and data partitions", &mut timings);

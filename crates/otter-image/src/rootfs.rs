@@ -10,7 +10,12 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 /// Bump when the way the base is made changes, so old caches are not reused.
-const RECIPE_VERSION: &str = "otter-rootfs-3";
+const RECIPE_VERSION: &str = "otter-rootfs-4";
+
+/// `SOURCE_DATE_EPOCH` for mmdebstrap when the user sets none (2023-11-14): mmdebstrap clamps
+/// file times to it and the initramfs is built reproducibly, so the same packages give the same
+/// bytes (what delta updates between releases depend on).
+pub const DEFAULT_SOURCE_DATE_EPOCH: u64 = 1_700_000_000;
 
 /// Kernel argument that makes `otterd` the first process (it provisions, then starts systemd).
 pub const INIT_ARG: &str = "init=/usr/lib/otter/init";
@@ -49,6 +54,8 @@ pub struct BaseRecipe {
     pub mirror: String,
     pub extra_sources: Vec<String>,
     pub packages: Vec<String>,
+    /// Passed to mmdebstrap (and through it to dpkg and mkinitramfs).
+    pub source_date_epoch: u64,
 }
 
 impl BaseRecipe {
@@ -78,6 +85,10 @@ impl BaseRecipe {
             mirror: d.mirror.clone(),
             extra_sources,
             packages,
+            source_date_epoch: std::env::var("SOURCE_DATE_EPOCH")
+                .ok()
+                .and_then(|s| s.trim().parse().ok())
+                .unwrap_or(DEFAULT_SOURCE_DATE_EPOCH),
         }
     }
 
@@ -109,7 +120,8 @@ pub fn base_tarball(
     ));
     let partial = path.with_extension("tar.partial");
     let mut cmd = Command::new("mmdebstrap");
-    cmd.arg("--variant=minbase")
+    cmd.env("SOURCE_DATE_EPOCH", recipe.source_date_epoch.to_string())
+        .arg("--variant=minbase")
         .arg(format!("--architectures={}", recipe.arch))
         .arg(format!("--include={}", recipe.packages.join(",")))
         // Documentation and translations are dead weight on a device.
