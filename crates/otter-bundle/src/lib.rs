@@ -64,7 +64,7 @@ pub use install::{
 pub use keys::{PublicKey, SigningKey, generate_keypair, load_trusted_keys};
 pub use manifest::{ImageEntry, IndexRef, Manifest};
 pub use reader::{BundleReader, InstallPolicy, VerifiedBundle};
-pub use source::{HTTP_MAX_RETRIES, PROGRESS_RESETS_RETRIES};
+pub use source::{HTTP_MAX_RETRIES, OpenOptions, PROGRESS_RESETS_RETRIES};
 
 #[cfg(test)]
 mod tests {

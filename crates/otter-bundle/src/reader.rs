@@ -8,7 +8,7 @@ use crate::format::{self, SignatureEntry};
 use crate::index::BlockIndex;
 use crate::keys::{PublicKey, fingerprint_of};
 use crate::manifest::{Manifest, parse_version};
-use crate::source::Source;
+use crate::source::{OpenOptions, Source};
 use crate::stream::read_full;
 
 /// An opened bundle whose header has been parsed but whose signatures are not checked yet.
@@ -34,7 +34,12 @@ impl BundleReader {
     /// Opens `source`: an `http://` or `https://` URL (read with range requests), else a local path.
     /// Reads only the header (fixed part, manifest, signatures).
     pub fn open(source: &str) -> Result<Self> {
-        let src = Source::new(source);
+        Self::open_with(source, &OpenOptions::default())
+    }
+
+    /// [`Self::open`] with options (e.g. a bearer token for a fleet server's artifact URL).
+    pub fn open_with(source: &str, opts: &OpenOptions) -> Result<Self> {
+        let src = Source::with_options(source, opts);
         let name = src.name();
         let mut r = src.header_reader()?;
         let header = format::read_header(&mut r, &name)?;

@@ -22,6 +22,14 @@ const BACKOFF_BASE: Duration = Duration::from_millis(100);
 const HEADER_WINDOW: u64 = 64 * 1024;
 const UNKNOWN_LEN: u64 = u64::MAX;
 
+/// How to open a bundle source.
+#[derive(Debug, Clone, Default)]
+pub struct OpenOptions {
+    /// Sent as `Authorization: Bearer …` with every HTTP request (ignored for local files):
+    /// a fleet server serves a release's artifact only to the devices it targets.
+    pub bearer_token: Option<String>,
+}
+
 #[derive(Clone)]
 pub(crate) enum Source {
     File(PathBuf),
@@ -36,6 +44,8 @@ pub(crate) struct HttpSource {
     total: Arc<AtomicU64>,
     /// Whether the server honours `Range`: `RANGES_UNKNOWN` until the first answer.
     ranges: Arc<AtomicU8>,
+    /// `Authorization` header value sent with every request (a fleet server's device token).
+    authorization: Option<String>,
 }
 
 const RANGES_UNKNOWN: u8 = 0;
@@ -48,7 +58,7 @@ pub(crate) fn is_url(s: &str) -> bool {
 }
 
 impl Source {
-    pub fn new(source: &str) -> Self {
+    pub fn with_options(source: &str, opts: &OpenOptions) -> Self {
         if is_url(source) {
             let agent = ureq::AgentBuilder::new()
                 .timeout_connect(Duration::from_secs(15))
@@ -61,6 +71,7 @@ impl Source {
                 agent,
                 total: Arc::new(AtomicU64::new(UNKNOWN_LEN)),
                 ranges: Arc::new(AtomicU8::new(RANGES_UNKNOWN)),
+                authorization: opts.bearer_token.as_ref().map(|t| format!("Bearer {t}")),
             })
         } else {
             Source::File(PathBuf::from(source))
@@ -199,14 +210,17 @@ impl HttpRangeReader {
 
     fn connect(&mut self) -> std::result::Result<(), Attempt> {
         let range = format!("bytes={}-{}", self.pos, self.end - 1);
-        let resp = self
+        let mut req = self
             .src
             .agent
             .get(&self.src.url)
             .set("Range", &range)
             // Transfer-level compression would make byte ranges meaningless.
-            .set("Accept-Encoding", "identity")
-            .call();
+            .set("Accept-Encoding", "identity");
+        if let Some(auth) = &self.src.authorization {
+            req = req.set("Authorization", auth);
+        }
+        let resp = req.call();
         match resp {
             Ok(resp) if resp.status() == 206 => {
                 self.src.ranges.store(RANGES_YES, Ordering::Relaxed);

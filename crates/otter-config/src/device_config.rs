@@ -174,6 +174,37 @@ pub struct Server {
     /// Fleet enrollment key; none means the device waits as pending until accepted.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub enrollment_key: Option<String>,
+    /// Commit an update even when the server cannot be reached after the reboot. Off by default:
+    /// a trial boot must reach the server once, so a release that breaks networking rolls back.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub commit_offline: bool,
+    /// When the device may reboot into an update it installed from the server, as local time
+    /// `HH:MM-HH:MM` (may wrap midnight, e.g. `23:00-05:00`); none means right after install.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reboot_window: Option<String>,
+}
+
+/// A daily time window `HH:MM-HH:MM` in minutes since midnight (`start`, `end`); it wraps
+/// midnight when `end <= start`.
+pub fn parse_time_window(s: &str) -> std::result::Result<(u32, u32), String> {
+    let hm = |t: &str| -> Option<u32> {
+        let (h, m) = t.trim().split_once(':')?;
+        if h.is_empty() || h.len() > 2 || m.len() != 2 {
+            return None;
+        }
+        let (h, m): (u32, u32) = (h.parse().ok()?, m.parse().ok()?);
+        (h < 24 && m < 60).then_some(h * 60 + m)
+    };
+    let (a, b) = s
+        .split_once('-')
+        .ok_or_else(|| format!("`{s}` is not a window like `02:00-04:30`"))?;
+    match (hm(a), hm(b)) {
+        (Some(a), Some(b)) if a != b => Ok((a, b)),
+        (Some(_), Some(_)) => Err(format!("`{s}`: start and end are the same")),
+        _ => Err(format!(
+            "`{s}` is not a window like `02:00-04:30` (24-hour HH:MM-HH:MM)"
+        )),
+    }
 }
 
 #[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
@@ -262,7 +293,7 @@ impl DeviceConfig {
                 return bad(
                     &format!("{key}.name"),
                     format!(
-                        "`{}` is a system account; pick another name (root's keys go in ssh.root_authorized_keys)",
+                        "`{}` is a system account or group; pick another name (root's keys go in ssh.root_authorized_keys)",
                         u.name
                     ),
                 );
@@ -357,6 +388,21 @@ impl DeviceConfig {
                     "a gateway needs static addresses; leave both out for DHCP".into(),
                 );
             }
+            if let Some(g) = e.gateway {
+                let same_family = e.addresses.iter().any(|a| {
+                    parse_cidr(a).is_ok_and(|(ip, _)| ip.is_ipv4() == g.is_ipv4())
+                });
+                if !same_family {
+                    return bad(
+                        &format!("{key}.gateway"),
+                        format!(
+                            "{g} is an {} gateway, but no address is {}",
+                            if g.is_ipv4() { "IPv4" } else { "IPv6" },
+                            if g.is_ipv4() { "IPv4" } else { "IPv6" }
+                        ),
+                    );
+                }
+            }
         }
         if let Some(p) = &self.network.proxy
             && let Err(m) = check_url(p, &["http", "https", "socks5"])
@@ -418,6 +464,11 @@ impl DeviceConfig {
                     "must be 1 to 256 printable characters without spaces".into(),
                 );
             }
+            if let Some(w) = &s.reboot_window
+                && let Err(m) = parse_time_window(w)
+            {
+                return bad("server.reboot_window", m);
+            }
         }
         if let Some(h) = &self.health {
             if let Some(d) = h.deadline_secs
@@ -449,8 +500,12 @@ impl DeviceConfig {
     }
 }
 
-/// Accounts of the base system a device user must not take over.
+/// Accounts and groups of the Debian base system a device user must not take over: each user
+/// gets a group of its own name, so a user named like a system group (`sudo`, `adm`) would
+/// replace that group. (The renderer also refuses any other account or group of the image
+/// below uid/gid 1000.)
 const RESERVED_USERS: &[&str] = &[
+    // base-passwd users
     "root",
     "daemon",
     "bin",
@@ -468,11 +523,47 @@ const RESERVED_USERS: &[&str] = &[
     "list",
     "irc",
     "nobody",
+    // base-passwd groups
+    "adm",
+    "tty",
+    "disk",
+    "kmem",
+    "dialout",
+    "fax",
+    "voice",
+    "cdrom",
+    "floppy",
+    "tape",
+    "sudo",
+    "audio",
+    "dip",
+    "operator",
+    "src",
+    "shadow",
+    "utmp",
+    "video",
+    "sasl",
+    "plugdev",
+    "staff",
+    "users",
+    "nogroup",
+    // accounts and groups of the packages every Otter image has
+    "systemd-journal",
     "systemd-network",
     "systemd-resolve",
     "systemd-timesync",
+    "systemd-coredump",
+    "input",
+    "kvm",
+    "render",
+    "sgx",
+    "netdev",
+    "crontab",
     "messagebus",
+    "polkitd",
+    "tss",
     "sshd",
+    "_ssh",
     "_apt",
 ];
 
@@ -577,14 +668,29 @@ fn check_url(u: &str, schemes: &[&str]) -> std::result::Result<(), String> {
         ));
     }
     let authority = rest.split('/').next().unwrap_or("");
-    let host = authority.rsplit('@').next().unwrap_or("");
-    let host = if let Some(h) = host.strip_prefix('[') {
-        h.split(']').next().unwrap_or("")
+    let host_port = authority.rsplit('@').next().unwrap_or("");
+    let (host, port) = if let Some(h) = host_port.strip_prefix('[') {
+        match h.split_once(']') {
+            Some((h, "")) => (h, None),
+            Some((h, p)) => match p.strip_prefix(':') {
+                Some(p) => (h, Some(p)),
+                None => return Err(format!("`{u}` has no valid host")),
+            },
+            None => return Err(format!("`{u}` has no valid host")),
+        }
     } else {
-        host.split(':').next().unwrap_or("")
+        match host_port.split_once(':') {
+            Some((h, p)) => (h, Some(p)),
+            None => (host_port, None),
+        }
     };
     if host.is_empty() || !(is_host(host) || host.parse::<IpAddr>().is_ok()) {
         return Err(format!("`{u}` has no valid host"));
+    }
+    if let Some(p) = port
+        && !p.parse::<u16>().is_ok_and(|p| p > 0)
+    {
+        return Err(format!("`{u}`: the port `{p}` is not a number from 1 to 65535"));
     }
     if u.chars().any(|c| c.is_whitespace() || c.is_control()) {
         return Err(format!("`{u}` contains spaces"));
@@ -834,6 +940,18 @@ checks = ["test -e /run/app.ok"]
                 "ca_certificates[0]",
             ),
             ("[server]\nurl = \"https://fleet example.com\"".into(), "server.url"),
+            (
+                "[server]\nurl = \"https://x\"\nreboot_window = \"25:00-04:00\"".into(),
+                "server.reboot_window",
+            ),
+            (
+                "[server]\nurl = \"https://x\"\nreboot_window = \"02:00\"".into(),
+                "server.reboot_window",
+            ),
+            (
+                "[server]\nurl = \"https://x\"\nreboot_window = \"02:00-02:00\"".into(),
+                "server.reboot_window",
+            ),
             ("[server]\nurl = \"https://\"".into(), "server.url"),
             (
                 "[server]\nurl = \"https://x\"\nenrollment_key = \"has space\"".into(),
@@ -858,6 +976,47 @@ checks = ["test -e /run/app.ok"]
                 e.contains(&format!("`{key}`")) && e.contains("device.toml"),
                 "{text:?}: {e}"
             );
+        }
+    }
+
+    #[test]
+    fn system_group_names_ports_and_gateway_families() {
+        let cases: &[(&str, &str)] = &[
+            // A user gets a group of its own name: these would replace a system group.
+            ("[[users]]\nname = \"sudo\"", "users[0].name"),
+            ("[[users]]\nname = \"adm\"", "users[0].name"),
+            ("[[users]]\nname = \"users\"", "users[0].name"),
+            ("[[users]]\nname = \"systemd-journal\"", "users[0].name"),
+            ("[[users]]\nname = \"netdev\"", "users[0].name"),
+            ("[network]\nproxy = \"http://proxy:abc\"", "network.proxy"),
+            ("[network]\nproxy = \"http://proxy:0\"", "network.proxy"),
+            ("[network]\nproxy = \"http://proxy:65536\"", "network.proxy"),
+            ("[network]\nproxy = \"http://proxy:\"", "network.proxy"),
+            ("[network]\nproxy = \"http://[fd00::1]x\"", "network.proxy"),
+            ("[network]\nproxy = \"http://[fd00::1\"", "network.proxy"),
+            (
+                "[[network.ethernet]]\naddresses = [\"10.0.0.2/24\"]\ngateway = \"fd00::1\"",
+                "network.ethernet[0].gateway",
+            ),
+            (
+                "[[network.ethernet]]\naddresses = [\"fd00::2/64\"]\ngateway = \"10.0.0.1\"",
+                "network.ethernet[0].gateway",
+            ),
+        ];
+        for (text, key) in cases {
+            let e = parse(text).unwrap_err().to_string();
+            assert!(
+                e.contains(&format!("`{key}`")) && e.contains("device.toml"),
+                "{text:?}: {e}"
+            );
+        }
+        for ok in [
+            "[[users]]\nname = \"ops\"",
+            "[network]\nproxy = \"http://[fd00::1]\"",
+            "[network]\nproxy = \"http://proxy.local:3128/\"",
+            "[[network.ethernet]]\naddresses = [\"10.0.0.2/24\", \"fd00::2/64\"]\ngateway = \"fd00::1\"",
+        ] {
+            parse(ok).unwrap_or_else(|e| panic!("{ok:?}: {e}"));
         }
     }
 

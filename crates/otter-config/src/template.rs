@@ -74,6 +74,10 @@ pub const DEVICE_CONFIG_TEMPLATE: &str = r##"## Otter device config: the setting
 # url = "https://otter.example.com"
 ## Fleet enrollment key; none: the device waits as pending until accepted on the server.
 # enrollment_key = "fleet-key-from-the-server"
+## Commit an update even if the server cannot be reached after the reboot (default: must reach it).
+# commit_offline = false
+## When the device may reboot into an update from the server (local time; default: at once).
+# reboot_window = "02:00-04:00"
 
 # [health]
 ## Seconds after boot by which an updated system must be healthy.

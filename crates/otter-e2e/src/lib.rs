@@ -12,6 +12,7 @@
 //! ```
 
 mod http;
+pub mod fleet;
 pub mod scenario;
 mod serial;
 mod ssh;

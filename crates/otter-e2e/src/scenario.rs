@@ -49,6 +49,16 @@ pub struct Variant {
     pub deadline_secs: u64,
 }
 
+impl Variant {
+    /// The plain image at `version`.
+    pub fn version(version: &str) -> Variant {
+        Variant {
+            version: version.into(),
+            ..Default::default()
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct Release {
     pub version: String,

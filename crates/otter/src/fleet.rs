@@ -9,7 +9,7 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 use clap::{Args, Subcommand};
 use otter_proto::admin::{
-    CreateRollout, Device, DeviceDetail, PhaseSpec, Release, Rollout, Selector, StoredLogEntry,
+    CreateEnrollmentKey, CreateRollout, Device, DeviceDetail, EnrollmentKey, PhaseSpec, Release, Rollout, Selector, StoredLogEntry,
     WhoAmI,
 };
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
@@ -38,6 +38,12 @@ pub enum FleetCmd {
     Rollout {
         #[command(subcommand)]
         cmd: RolloutCmd,
+    },
+    /// Fleet enrollment keys: a device configured with one (`otter configure --enrollment-key`)
+    /// is accepted at once.
+    EnrollmentKey {
+        #[command(subcommand)]
+        cmd: EnrollmentKeyCmd,
     },
     /// A device's logs.
     Logs {
@@ -102,6 +108,23 @@ pub enum DevicesCmd {
         #[arg(long, conflicts_with = "release")]
         unpin: bool,
     },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum EnrollmentKeyCmd {
+    /// Create a key; its secret is printed once (the server keeps only a hash).
+    Create {
+        name: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// List keys (without secrets).
+    Ls {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Revoke a key: devices can no longer enroll with it (enrolled ones keep their tokens).
+    Revoke { id: String },
 }
 
 #[derive(Subcommand, Debug)]
@@ -320,6 +343,7 @@ pub fn run(cmd: FleetCmd) -> Result<()> {
         FleetCmd::Devices { cmd } => devices(&Client::load()?, cmd),
         FleetCmd::Release { cmd } => release(&Client::load()?, cmd),
         FleetCmd::Rollout { cmd } => rollout(&Client::load()?, cmd),
+        FleetCmd::EnrollmentKey { cmd } => enrollment_keys(&Client::load()?, cmd),
         FleetCmd::Logs {
             device,
             follow,
@@ -327,6 +351,55 @@ pub fn run(cmd: FleetCmd) -> Result<()> {
             json,
         } => logs(&Client::load()?, &device, follow, lines, json),
     }
+}
+
+fn enrollment_keys(c: &Client, cmd: EnrollmentKeyCmd) -> Result<()> {
+    match cmd {
+        EnrollmentKeyCmd::Create { name, json } => {
+            let k: EnrollmentKey = c.post(
+                "/api/v1/admin/enrollment-keys",
+                &CreateEnrollmentKey { name: name.clone() },
+            )?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&k)?);
+            } else {
+                println!(
+                    "enrollment key `{name}` ({}): {}\n(shown once; use it with otter configure IMAGE --server URL --enrollment-key KEY)",
+                    k.id,
+                    k.key.as_deref().unwrap_or("?")
+                );
+            }
+        }
+        EnrollmentKeyCmd::Ls { json } => {
+            let keys: Vec<EnrollmentKey> = c.get("/api/v1/admin/enrollment-keys")?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&keys)?);
+            } else {
+                println!("{:<24}  {:<20}  {:<10}  state", "id", "name", "created");
+                for k in &keys {
+                    println!(
+                        "{:<24}  {:<20}  {:<10}  {}",
+                        k.id,
+                        k.name,
+                        ago(Some(k.created_at_ms)),
+                        if k.revoked_at_ms.is_some() {
+                            "revoked"
+                        } else {
+                            "active"
+                        }
+                    );
+                }
+            }
+        }
+        EnrollmentKeyCmd::Revoke { id } => {
+            let _: serde_json::Value = c.post(
+                &format!("/api/v1/admin/enrollment-keys/{}/revoke", urlencode(&id)),
+                &serde_json::json!({}),
+            )?;
+            println!("enrollment key {id} revoked");
+        }
+    }
+    Ok(())
 }
 
 fn login(url: &str, token: Option<String>) -> Result<()> {

@@ -209,7 +209,13 @@ pub fn run_trial(paths: &Paths, slot: Slot) -> Result<HealthReport> {
     let boot_time = uptime();
     loop {
         crate::notify::heartbeat();
-        let report = health::check(paths, &cfg);
+        let mut report = health::check(paths, &cfg);
+        if report.healthy
+            && let Err(why) = crate::fleet::commit_allowed(paths)
+        {
+            report.healthy = false;
+            report.failures.push(why);
+        }
         if report.healthy {
             crate::log(&format!("slot {slot} is healthy; committing"));
             commit(paths, "health checks passed")?;
@@ -370,6 +376,14 @@ pub fn daemon(paths: &Paths) -> Result<()> {
         }
     };
     crate::log(&situation.to_string());
+    if !paths.test_mode {
+        // The fleet client runs beside the trial: a trial boot must reach the server to commit.
+        let p = paths.clone();
+        std::thread::Builder::new()
+            .name("fleet".into())
+            .spawn(move || crate::fleet::run(p))
+            .context("starting the fleet client thread")?;
+    }
     match &situation {
         Situation::Trial { slot, .. } => {
             crate::notify::notify(&format!("STATUS=trial boot of slot {slot}"));

@@ -15,9 +15,15 @@ use anyhow::{Context, Result, bail};
 use otter_config::ReleaseInfo;
 use std::time::{Duration, Instant};
 
+#[derive(Debug, Clone, Default)]
 pub struct InstallOptions {
     pub source: String,
     pub allow_downgrade: bool,
+    /// Sent as `Authorization: Bearer` with HTTP requests (a fleet server's artifact URL).
+    pub bearer_token: Option<String>,
+    /// The signed manifest's digest the fleet server announced: a bundle with another manifest
+    /// is refused before anything is written.
+    pub expect_manifest_digest: Option<String>,
 }
 
 #[derive(Debug, Clone, serde::Serialize)]
@@ -50,8 +56,22 @@ pub fn install(
     // Signature and policy: all before any write.
     let trusted = otter_bundle::load_trusted_keys(&paths.keys_dir)
         .with_context(|| format!("loading trusted keys from {}", paths.keys_dir.display()))?;
-    let reader = otter_bundle::BundleReader::open(&o.source)
-        .with_context(|| format!("opening bundle {}", o.source))?;
+    let reader = otter_bundle::BundleReader::open_with(
+        &o.source,
+        &otter_bundle::OpenOptions {
+            bearer_token: o.bearer_token.clone(),
+        },
+    )
+    .with_context(|| format!("opening bundle {}", o.source))?;
+    if let Some(want) = &o.expect_manifest_digest {
+        let got = reader.manifest_digest_hex();
+        if !got.eq_ignore_ascii_case(want) {
+            bail!(
+                "bundle {}: its manifest digest is {got}, but the fleet server announced {want} for this release; nothing was written",
+                o.source
+            );
+        }
+    }
     let mut bundle = reader
         .verify(&trusted)
         .with_context(|| format!("verifying bundle {}", o.source))?;

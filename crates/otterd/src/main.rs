@@ -139,6 +139,7 @@ fn run(cli: Cli) -> Result<()> {
                 &install::InstallOptions {
                     source,
                     allow_downgrade,
+                    ..Default::default()
                 },
                 &mut on_progress,
             );

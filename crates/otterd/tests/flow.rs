@@ -130,6 +130,7 @@ impl Device {
             &InstallOptions {
                 source: src.into(),
                 allow_downgrade,
+                ..Default::default()
             },
             &mut |_| {},
         )
@@ -371,6 +372,7 @@ fn second_update_is_a_delta_from_the_running_slot() {
         &InstallOptions {
             source: b,
             allow_downgrade: false,
+            ..Default::default()
         },
         &mut |_| {},
     )
@@ -403,6 +405,7 @@ fn second_update_is_a_delta_from_the_running_slot() {
         &InstallOptions {
             source: b12,
             allow_downgrade: false,
+            ..Default::default()
         },
         &mut |p| last = Some(p.clone()),
     )

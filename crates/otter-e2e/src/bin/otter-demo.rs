@@ -1,9 +1,11 @@
-//! The demo of the README: build release 1.0.0 and 1.1.0 of an image, configure a copy of
-//! 1.0.0 with `otter configure`, boot it in QEMU on a bigger disk, update it to 1.1.0 from an
-//! HTTP server on this machine, and show the device's status.
+//! The demo of the README: build release 1.0.0 and 1.1.0 of an image, start `otter server`,
+//! configure a copy of 1.0.0 with `otter configure` (host name, fleet server, enrollment key),
+//! boot it in QEMU on a bigger disk, let it enroll, roll 1.1.0 out to it from the server, and
+//! show the rollout and the device's status.
 
-use anyhow::Result;
-use otter_e2e::scenario::{Device, Variant, Workbench, guest_url, phase, serve};
+use anyhow::{Context, Result};
+use otter_e2e::fleet::FleetServer;
+use otter_e2e::scenario::{Device, Variant, Workbench, phase};
 use std::time::{Duration, Instant};
 
 fn main() {
@@ -46,7 +48,25 @@ fn run() -> Result<()> {
     )?;
     say(t0, &format!("bundle {}", v2.bundle.display()));
 
-    let http = serve(&wb.out)?;
+    // The fleet server on this machine, with zero configuration but a data folder of its own.
+    let server = FleetServer::start(
+        &wb.otter,
+        &dir.join("server"),
+        &wb.dir.join("keys/otter-signing.pub"),
+    )?;
+    say(
+        t0,
+        &format!(
+            "otter server: {} (dashboard {}/login?token={})",
+            server.url, server.url, server.admin_token
+        ),
+    );
+    let key = server.otter_json(&["enrollment-key", "create", "demo"])?["key"]
+        .as_str()
+        .context("the server gave no enrollment key")?
+        .to_string();
+    say(t0, "otter enrollment-key create demo");
+
     // A new device each run: the previous run's disk already holds 1.1.0.
     let device_dir = dir.join("device");
     if device_dir.exists() {
@@ -61,6 +81,7 @@ fn run() -> Result<()> {
         .arg(&img)
         .status()?;
     anyhow::ensure!(cp.success(), "copying {}", v1.image.display());
+    let guest_server = server.guest_url();
     let configure = std::process::Command::new(&wb.otter)
         .arg("configure")
         .arg(&img)
@@ -70,6 +91,10 @@ fn run() -> Result<()> {
             "--timezone",
             "Europe/Berlin",
             "--persistent-logs",
+            "--server",
+            &guest_server,
+            "--enrollment-key",
+            &key,
         ])
         .output()?;
     anyhow::ensure!(
@@ -80,7 +105,7 @@ fn run() -> Result<()> {
     say(
         t0,
         &format!(
-            "otter configure {} --hostname demo-gateway --timezone Europe/Berlin --persistent-logs\n{}",
+            "otter configure {} --hostname demo-gateway --timezone Europe/Berlin --persistent-logs --server {guest_server} --enrollment-key …\n{}",
             img.display(),
             String::from_utf8_lossy(&configure.stdout).trim_end()
         ),
@@ -95,25 +120,63 @@ fn run() -> Result<()> {
     say(
         t0,
         &format!(
-            "device up as `{}`; data partition grown to {} on first boot; `otterd status`:\n{}",
+            "device up as `{}`; data partition grown to {} on first boot",
             dev.sh("hostname")?.trim(),
             dev.sh("df -h --output=size /data | tail -1")?.trim(),
-            dev.sh("otterd status")?
         ),
     );
-    let url = guest_url(&http, &v2.bundle);
-    say(t0, &format!("on the device: otterd install {url} --reboot"));
-    dev.install_and_reboot(&url)?;
+    server.wait(
+        "the device to enroll",
+        Duration::from_secs(300),
+        || Ok(()),
+        || {
+            let list = server.otter_json(&["devices", "ls"])?;
+            Ok(list
+                .as_array()
+                .is_some_and(|a| a.iter().any(|d| d["status"] == "accepted"))
+                .then_some(()))
+        },
+    )?;
     say(
         t0,
-        "rebooted into slot B; waiting for the health checks to commit 1.1.0",
+        &format!(
+            "the device enrolled with its fleet key; otter devices ls:\n{}",
+            server.otter(&["devices", "ls"])?.trim_end()
+        ),
     );
+    server.otter(&["release", "upload", &v2.bundle.display().to_string()])?;
+    let ro = server.otter_json(&["rollout", "create", "1.1.0", "--phases", "100", "--soak", "0"])?;
+    let ro_id = ro["id"].as_str().context("rollout id")?.to_string();
+    say(
+        t0,
+        "otter release upload …1.1.0….otb; otter rollout create 1.1.0 --phases 100 --soak 0",
+    );
+    say(
+        t0,
+        "the device downloads 1.1.0 from the server (delta), reboots into slot B, runs its health checks, commits",
+    );
+    server.wait(
+        "the rollout to complete",
+        Duration::from_secs(1200),
+        || dev.keep_alive(),
+        || {
+            let r = server.otter_json(&["rollout", "status", &ro_id])?;
+            Ok((r["state"] == "completed").then_some(()))
+        },
+    )?;
     dev.wait_status("1.1.0 committed", Duration::from_secs(600), |s| {
         phase(s) == "committed"
     })?;
     say(
         t0,
-        &format!("`otterd status`:\n{}", dev.sh("otterd status")?),
+        &format!(
+            "otter rollout status {ro_id}:\n{}",
+            server.otter(&["rollout", "status", &ro_id])?.trim_end()
+        ),
+    );
+    say(
+        t0,
+        &format!("`otterd status` on the device:\n{}", dev.sh("otterd status")?),
     );
     let rss = dev.sh("ps -o rss= -C otterd | head -1")?;
     say(

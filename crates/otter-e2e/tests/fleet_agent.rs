@@ -1,0 +1,398 @@
+//! The device agent's fleet client against a real `otter server`, on files standing for the
+//! device (no QEMU): enroll with a fleet key, poll with ETags, install a rollout's release from
+//! the server's artifact URL with the device token, report every phase, commit only after the
+//! server was reached since boot, and report a rollback that pauses the rollout; a failed
+//! release is not retried.
+
+use otter_boot::{BootState, GrubEnvStore, Slot};
+use otterd::Paths;
+use otterd::agent::{self, Situation};
+use otterd::fleet::{Client, CycleOutcome, FleetState};
+use serde_json::{Value, json};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+const SLOT_SIZE: u64 = 4 << 20;
+
+struct Fleet {
+    base: String,
+    admin: String,
+    key: otter_bundle::SigningKey,
+    work: PathBuf,
+}
+
+fn start_server(dir: &Path) -> Fleet {
+    let keys = dir.join("keys");
+    otter_bundle::generate_keypair(&keys, "release").unwrap();
+    let cfg = otter_server::Config {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        database: None,
+        storage: None,
+        data_dir: dir.join("server"),
+        trusted_keys: vec![keys.join("release.pub")],
+        poll_interval: Duration::from_secs(1),
+        poll_jitter: 0.1,
+        enroll_rate_per_minute: 1000,
+        rollout_tick: Duration::from_millis(200),
+        max_bundle_size: 1 << 26,
+        tls: None,
+    };
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            let s = otter_server::Server::start(cfg).await.unwrap();
+            tx.send((
+                format!("http://{}", s.local_addr().unwrap()),
+                s.new_admin_token.clone().unwrap(),
+            ))
+            .unwrap();
+            s.serve().await.unwrap();
+        });
+    });
+    let (base, admin) = rx.recv_timeout(Duration::from_secs(30)).unwrap();
+    let work = dir.join("work");
+    std::fs::create_dir_all(&work).unwrap();
+    Fleet {
+        base,
+        admin,
+        key: otter_bundle::SigningKey::load(&keys.join("release.key")).unwrap(),
+        work,
+    }
+}
+
+impl Fleet {
+    fn post(&self, path: &str, body: Value) -> Value {
+        let r = ureq::post(&format!("{}{path}", self.base))
+            .set("Authorization", &format!("Bearer {}", self.admin))
+            .send_json(body)
+            .unwrap_or_else(|e| panic!("{path}: {e}"));
+        r.into_json().unwrap()
+    }
+    fn get(&self, path: &str) -> Value {
+        ureq::get(&format!("{}{path}", self.base))
+            .set("Authorization", &format!("Bearer {}", self.admin))
+            .call()
+            .unwrap_or_else(|e| panic!("{path}: {e}"))
+            .into_json()
+            .unwrap()
+    }
+    /// A release whose root image is `fill` repeated, uploaded to the server.
+    fn release(&self, version: &str, fill: u8) -> Vec<u8> {
+        let image: Vec<u8> = (0..(1u32 << 20) + 4096)
+            .map(|i| ((i / 4096) as u8).wrapping_mul(fill) ^ fill)
+            .collect();
+        let img = self.work.join(format!("root-{version}.img"));
+        std::fs::write(&img, &image).unwrap();
+        let out = self.work.join(format!("{version}.otb"));
+        otter_bundle::create_bundle(
+            &out,
+            &[("rootfs", img.as_path())],
+            &otter_bundle::CreateOptions {
+                compatible: "demo-qemu".into(),
+                version: version.into(),
+                chunk_size: 16 * 1024,
+                zstd_level: 3,
+            },
+            &[&self.key],
+        )
+        .unwrap();
+        let r = ureq::post(&format!("{}/api/v1/admin/releases", self.base))
+            .set("Authorization", &format!("Bearer {}", self.admin))
+            .send_bytes(&std::fs::read(&out).unwrap())
+            .unwrap();
+        assert_eq!(r.status(), 201);
+        image
+    }
+    fn rollout(&self, version: &str) -> String {
+        let ro = self.post(
+            "/api/v1/admin/rollouts",
+            json!({"release": version, "phases": [{"percent": 100}],
+                   "success_threshold": 1.0, "failure_threshold": 0.5}),
+        );
+        ro["id"].as_str().unwrap().to_string()
+    }
+    fn wait_rollout(&self, id: &str, state: &str) -> Value {
+        let start = Instant::now();
+        loop {
+            let ro = self.get(&format!("/api/v1/admin/rollouts/{id}"));
+            if ro["state"] == state {
+                return ro;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(20),
+                "rollout never became {state}: {ro}"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+/// A device on files (the OTTERD_ROOT layout) running 1.0.0 in slot A, configured for `base`.
+fn device(dir: &Path, base: &str, enrollment_key: &str) -> Paths {
+    let root = dir.join("root");
+    let paths = Paths::under(&root);
+    for d in [
+        &paths.boot_state_dir,
+        &paths.state_dir,
+        &paths.keys_dir,
+        &paths.run_dir,
+        &root.join("proc"),
+        &root.join("dev"),
+    ] {
+        std::fs::create_dir_all(d).unwrap();
+    }
+    std::fs::copy(
+        dir.join("keys/release.pub"),
+        paths.keys_dir.join("release.pub"),
+    )
+    .unwrap();
+    std::fs::write(
+        &paths.release,
+        "name = \"demo\"\nversion = \"1.0.0\"\ncompatible = \"demo-qemu\"\nboard = \"qemu-x86_64\"\nbuild_time = 1\n",
+    )
+    .unwrap();
+    std::fs::write(&paths.cmdline, "ro otter.slot=A otter.try=0\n").unwrap();
+    GrubEnvStore::new(&paths.boot_state_dir)
+        .init(&BootState::factory())
+        .unwrap();
+    std::fs::write(&paths.slot_a, vec![0xAAu8; SLOT_SIZE as usize]).unwrap();
+    std::fs::write(&paths.slot_b, vec![0xBBu8; SLOT_SIZE as usize]).unwrap();
+    // What `otterd` renders from otter/device.toml at boot.
+    std::fs::write(
+        paths.run_dir.join("device.toml"),
+        format!("hostname = \"gw-7\"\n[server]\nurl = \"{base}\"\nenrollment_key = \"{enrollment_key}\"\n"),
+    )
+    .unwrap();
+    paths
+}
+
+/// GRUB at power-on, then the new boot's RAM is empty (no "server reached" marker).
+fn power_on(paths: &Paths, version: &str) -> Slot {
+    let store = GrubEnvStore::new(&paths.boot_state_dir);
+    let mut s = store.load().unwrap().0;
+    let (slot, tried) = s.grub_boot_step().unwrap();
+    store.store(&s).unwrap();
+    std::fs::write(
+        &paths.cmdline,
+        format!("ro otter.slot={slot} otter.try={}\n", tried as u8),
+    )
+    .unwrap();
+    let rel = std::fs::read_to_string(&paths.release).unwrap();
+    let rel: Vec<String> = rel
+        .lines()
+        .map(|l| {
+            if l.starts_with("version") {
+                format!("version = \"{version}\"")
+            } else {
+                l.to_string()
+            }
+        })
+        .collect();
+    std::fs::write(&paths.release, rel.join("\n")).unwrap();
+    let _ = std::fs::remove_file(paths.run_dir.join("server-reached"));
+    slot
+}
+
+fn server_cfg(paths: &Paths) -> otter_config::device_config::Server {
+    otterd::provision::effective_config(paths).server.unwrap()
+}
+
+#[test]
+fn agent_enrolls_installs_a_rollout_commits_and_reports_a_rollback() {
+    let dir = tempfile::tempdir().unwrap();
+    let fleet = start_server(dir.path());
+    let fleet_key = fleet.post("/api/v1/admin/enrollment-keys", json!({"name": "test"}))["key"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let paths = device(dir.path(), &fleet.base, &fleet_key);
+
+    // Enroll with the fleet key: accepted at once, token kept, device key made once.
+    let mut c = Client::new(&paths, server_cfg(&paths)).unwrap();
+    assert_eq!(c.cycle().unwrap(), CycleOutcome::Idle);
+    let st = FleetState::load(&paths);
+    assert_eq!(st.enrollment, "accepted");
+    assert!(st.token.is_some() && st.etag.is_some());
+    let dev = fleet.get(&format!("/api/v1/admin/devices/{}", st.device_id));
+    assert_eq!(dev["status"], "accepted", "{dev}");
+    assert_eq!(dev["name"], "gw-7");
+    assert_eq!(dev["os_version"], "1.0.0");
+    assert_eq!(dev["booted_slot"], "a");
+    // Unchanged target: the next poll is a 304 and keeps the ETag.
+    let etag = st.etag.clone();
+    assert_eq!(c.cycle().unwrap(), CycleOutcome::Idle);
+    assert_eq!(FleetState::load(&paths).etag, etag);
+
+    // A rollout of 1.1.0: installed from the server's artifact URL with the device token.
+    let image = fleet.release("1.1.0", 3);
+    let ro = fleet.rollout("1.1.0");
+    let start = Instant::now();
+    let outcome = loop {
+        match c.cycle().unwrap() {
+            CycleOutcome::Idle if start.elapsed() < Duration::from_secs(20) => {
+                std::thread::sleep(Duration::from_millis(300))
+            }
+            o => break o,
+        }
+    };
+    assert_eq!(
+        outcome,
+        CycleOutcome::Installed {
+            version: "1.1.0".into(),
+            reboot_now: true
+        }
+    );
+    assert_eq!(
+        &std::fs::read(&paths.slot_b).unwrap()[..image.len()],
+        &image[..]
+    );
+    c.rebooting();
+    let dev = fleet.get(&format!("/api/v1/admin/devices/{}", st.device_id));
+    assert_eq!(dev["update"]["phase"], "rebooting", "{dev}");
+    assert_eq!(dev["update"]["version"], "1.1.0");
+
+    // Trial boot of B: healthy, but no commit before the server was reached in this boot.
+    assert_eq!(power_on(&paths, "1.1.0"), Slot::B);
+    assert!(matches!(
+        agent::reconcile(&paths).unwrap(),
+        Situation::Trial { .. }
+    ));
+    let why = otterd::fleet::commit_allowed(&paths).unwrap_err();
+    assert!(why.contains("was not reached since boot"), "{why}");
+    let mut c = Client::new(&paths, server_cfg(&paths)).unwrap();
+    assert_eq!(c.cycle().unwrap(), CycleOutcome::Idle);
+    let dev = fleet.get(&format!("/api/v1/admin/devices/{}", st.device_id));
+    assert_eq!(dev["update"]["phase"], "trying", "{dev}");
+    otterd::fleet::commit_allowed(&paths).unwrap();
+    agent::run_trial(&paths, Slot::B).unwrap();
+    c.report(true).unwrap();
+    let dev = fleet.get(&format!("/api/v1/admin/devices/{}", st.device_id));
+    assert_eq!(dev["update"]["phase"], "committed", "{dev}");
+    assert_eq!(dev["os_version"], "1.1.0");
+    assert_eq!(dev["booted_slot"], "b");
+    let done = fleet.wait_rollout(&ro, "completed");
+    assert_eq!(done["state"], "completed");
+
+    // A broken 1.2.0: installed into A, tried, never comes up; GRUB falls back to B.
+    fleet.release("1.2.0", 5);
+    let ro2 = fleet.rollout("1.2.0");
+    let start = Instant::now();
+    let outcome = loop {
+        match c.cycle().unwrap() {
+            CycleOutcome::Idle if start.elapsed() < Duration::from_secs(20) => {
+                std::thread::sleep(Duration::from_millis(300))
+            }
+            o => break o,
+        }
+    };
+    assert!(
+        matches!(outcome, CycleOutcome::Installed { .. }),
+        "{outcome:?}"
+    );
+    c.rebooting();
+    assert_eq!(power_on(&paths, "1.2.0"), Slot::A);
+    assert_eq!(power_on(&paths, "1.1.0"), Slot::B);
+    assert!(matches!(
+        agent::reconcile(&paths).unwrap(),
+        Situation::RolledBack { .. }
+    ));
+    let mut c = Client::new(&paths, server_cfg(&paths)).unwrap();
+    assert_eq!(c.cycle().unwrap(), CycleOutcome::Idle);
+    let dev = fleet.get(&format!("/api/v1/admin/devices/{}", st.device_id));
+    assert_eq!(dev["update"]["phase"], "rolled_back", "{dev}");
+    assert_eq!(dev["os_version"], "1.1.0");
+    let paused = fleet.wait_rollout(&ro2, "paused");
+    assert!(
+        paused["reason"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("failure"),
+        "{paused}"
+    );
+    // The failed release is not installed again while the same rollout targets it.
+    fleet.post(&format!("/api/v1/admin/rollouts/{ro2}/resume"), json!({}));
+    for _ in 0..3 {
+        assert_eq!(c.cycle().unwrap(), CycleOutcome::Idle);
+    }
+    let a_after = std::fs::read(&paths.slot_a).unwrap();
+    assert_eq!(
+        otterd::state::read_state(&paths.state_dir.join("state.json"))
+            .unwrap()
+            .update
+            .unwrap()
+            .phase,
+        otterd::state::Phase::RolledBack
+    );
+    drop(a_after);
+}
+
+#[test]
+fn pending_device_waits_then_is_accepted_and_revocation_reenrolls() {
+    let dir = tempfile::tempdir().unwrap();
+    let fleet = start_server(dir.path());
+    let paths = device(dir.path(), &fleet.base, "no-such-key");
+    // Without a valid key the device waits as pending.
+    std::fs::write(
+        paths.run_dir.join("device.toml"),
+        format!("[server]\nurl = \"{}\"\n", fleet.base),
+    )
+    .unwrap();
+    let mut c = Client::new(&paths, server_cfg(&paths)).unwrap();
+    assert_eq!(c.cycle().unwrap(), CycleOutcome::Pending);
+    let id = FleetState::load(&paths).device_id;
+    let dev = fleet.get(&format!("/api/v1/admin/devices/{id}"));
+    assert_eq!(dev["status"], "pending");
+    fleet.post(&format!("/api/v1/admin/devices/{id}/accept"), json!({}));
+    assert_eq!(c.cycle().unwrap(), CycleOutcome::Idle);
+    assert_eq!(FleetState::load(&paths).enrollment, "accepted");
+    // The same key after a restart of the agent: same device id, token kept.
+    let c2 = Client::new(&paths, server_cfg(&paths)).unwrap();
+    assert_eq!(c2.state.device_id, id);
+    assert!(c2.state.token.is_some());
+
+    // A revoked token: the call fails with a clear error and the agent drops the token; its
+    // enrollment is refused (naming why) until an admin accepts the device again.
+    fleet.post(&format!("/api/v1/admin/devices/{id}/revoke"), json!({}));
+    let e = c.cycle().unwrap_err();
+    assert!(format!("{e:#}").contains("401"), "{e:#}");
+    assert!(c.state.token.is_none());
+    let e = format!("{:#}", c.cycle().unwrap_err());
+    assert!(e.contains("revoked"), "{e}");
+    fleet.post(&format!("/api/v1/admin/devices/{id}/accept"), json!({}));
+    assert_eq!(c.cycle().unwrap(), CycleOutcome::Idle);
+    assert!(c.state.token.is_some());
+
+    // With commit_offline the server is not needed to commit; without it, it is.
+    assert!(otterd::fleet::commit_allowed(&paths).is_ok()); // reached in this "boot"
+    let _ = std::fs::remove_file(paths.run_dir.join("server-reached"));
+    assert!(otterd::fleet::commit_allowed(&paths).is_err());
+    std::fs::write(
+        paths.run_dir.join("device.toml"),
+        format!("[server]\nurl = \"{}\"\ncommit_offline = true\n", fleet.base),
+    )
+    .unwrap();
+    assert!(otterd::fleet::commit_allowed(&paths).is_ok());
+}
+
+#[test]
+fn unreachable_server_is_an_error_naming_it_and_state_is_kept() {
+    let dir = tempfile::tempdir().unwrap();
+    // Nothing listens on this port.
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let base = format!("http://{}", l.local_addr().unwrap());
+    drop(l);
+    std::fs::create_dir_all(dir.path().join("keys")).unwrap();
+    otter_bundle::generate_keypair(&dir.path().join("keys"), "release").unwrap();
+    let paths = device(dir.path(), &base, "k");
+    let mut c = Client::new(&paths, server_cfg(&paths)).unwrap();
+    let e = format!("{:#}", c.cycle().unwrap_err());
+    assert!(e.contains(&base) && e.contains("unreachable"), "{e}");
+    let st = FleetState::load(&paths);
+    assert!(st.last_error.unwrap().contains("unreachable"));
+    assert!(otterd::fleet::commit_allowed(&paths).is_err());
+}
