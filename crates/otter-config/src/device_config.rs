@@ -389,9 +389,10 @@ impl DeviceConfig {
                 );
             }
             if let Some(g) = e.gateway {
-                let same_family = e.addresses.iter().any(|a| {
-                    parse_cidr(a).is_ok_and(|(ip, _)| ip.is_ipv4() == g.is_ipv4())
-                });
+                let same_family = e
+                    .addresses
+                    .iter()
+                    .any(|a| parse_cidr(a).is_ok_and(|(ip, _)| ip.is_ipv4() == g.is_ipv4()));
                 if !same_family {
                     return bad(
                         &format!("{key}.gateway"),
@@ -690,7 +691,9 @@ fn check_url(u: &str, schemes: &[&str]) -> std::result::Result<(), String> {
     if let Some(p) = port
         && !p.parse::<u16>().is_ok_and(|p| p > 0)
     {
-        return Err(format!("`{u}`: the port `{p}` is not a number from 1 to 65535"));
+        return Err(format!(
+            "`{u}`: the port `{p}` is not a number from 1 to 65535"
+        ));
     }
     if u.chars().any(|c| c.is_whitespace() || c.is_control()) {
         return Err(format!("`{u}` contains spaces"));

@@ -110,7 +110,7 @@ pub fn from_balena(path: &Path, json: &str) -> Result<(DeviceConfig, Vec<Dropped
                 c.server = Some(Server {
                     url: json_str(path, k, v)?.to_string(),
                     enrollment_key: None,
-..Default::default()
+                    ..Default::default()
                 })
             }
             "wifiSsid" => wifi_ssid = Some(json_str(path, k, v)?.to_string()),

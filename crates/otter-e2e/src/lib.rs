@@ -11,8 +11,8 @@
 //! }
 //! ```
 
-mod http;
 pub mod fleet;
+mod http;
 pub mod scenario;
 mod serial;
 mod ssh;

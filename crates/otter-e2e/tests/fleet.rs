@@ -88,8 +88,17 @@ fn scenario() -> Result<()> {
     server.otter(&["release", "upload", &v11.bundle.display().to_string()])?;
     server.otter(&["release", "upload", &v12.bundle.display().to_string()])?;
     let ro = server.otter_json(&[
-        "rollout", "create", "1.1.0", "--phases", "100", "--soak", "0", "--success", "1",
-        "--failure", "0.5",
+        "rollout",
+        "create",
+        "1.1.0",
+        "--phases",
+        "100",
+        "--soak",
+        "0",
+        "--success",
+        "1",
+        "--failure",
+        "0.5",
     ])?;
     let ro_id = ro["id"].as_str().context("rollout id")?.to_string();
     server.wait(
@@ -101,9 +110,11 @@ fn scenario() -> Result<()> {
             Ok((r["state"] == "completed").then_some(()))
         },
     )?;
-    let status = dev.wait_status("1.1.0 committed on the device", Duration::from_secs(300), |s| {
-        phase(s) == "committed" && s["version"] == "1.1.0"
-    })?;
+    let status = dev.wait_status(
+        "1.1.0 committed on the device",
+        Duration::from_secs(300),
+        |s| phase(s) == "committed" && s["version"] == "1.1.0",
+    )?;
     ensure!(status["booted_slot"] == "B", "{status:#}");
     let text = server.otter(&["rollout", "status", &ro_id])?;
     ensure!(text.contains("completed"), "otter rollout status:\n{text}");
@@ -131,8 +142,17 @@ fn scenario() -> Result<()> {
     // A broken 1.2.0: the kernel panics, GRUB falls back, the device reports the rollback,
     // the rollout pauses itself.
     let ro2 = server.otter_json(&[
-        "rollout", "create", "1.2.0", "--phases", "100", "--soak", "0", "--success", "1",
-        "--failure", "0.5",
+        "rollout",
+        "create",
+        "1.2.0",
+        "--phases",
+        "100",
+        "--soak",
+        "0",
+        "--success",
+        "1",
+        "--failure",
+        "0.5",
     ])?;
     let ro2_id = ro2["id"].as_str().context("rollout id")?.to_string();
     let paused = server.wait(
@@ -151,9 +171,11 @@ fn scenario() -> Result<()> {
             .contains("failure"),
         "paused for another reason: {paused}"
     );
-    let status = dev.wait_status("the rollback on the device", Duration::from_secs(300), |s| {
-        phase(s) == "rolled_back"
-    })?;
+    let status = dev.wait_status(
+        "the rollback on the device",
+        Duration::from_secs(300),
+        |s| phase(s) == "rolled_back",
+    )?;
     ensure!(
         status["version"] == "1.1.0" && status["booted_slot"] == "B",
         "{status:#}"

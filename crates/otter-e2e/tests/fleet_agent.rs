@@ -373,7 +373,10 @@ fn pending_device_waits_then_is_accepted_and_revocation_reenrolls() {
     assert!(otterd::fleet::commit_allowed(&paths).is_err());
     std::fs::write(
         paths.run_dir.join("device.toml"),
-        format!("[server]\nurl = \"{}\"\ncommit_offline = true\n", fleet.base),
+        format!(
+            "[server]\nurl = \"{}\"\ncommit_offline = true\n",
+            fleet.base
+        ),
     )
     .unwrap();
     assert!(otterd::fleet::commit_allowed(&paths).is_ok());

@@ -366,7 +366,7 @@ fn apply(a: &ConfigureArgs, mut c: DeviceConfig) -> Result<DeviceConfig> {
                 c.server = Some(Server {
                     url: url.clone(),
                     enrollment_key: None,
-..Default::default()
+                    ..Default::default()
                 })
             }
         }

@@ -9,8 +9,8 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 use clap::{Args, Subcommand};
 use otter_proto::admin::{
-    CreateEnrollmentKey, CreateRollout, Device, DeviceDetail, EnrollmentKey, PhaseSpec, Release, Rollout, Selector, StoredLogEntry,
-    WhoAmI,
+    CreateEnrollmentKey, CreateRollout, Device, DeviceDetail, EnrollmentKey, PhaseSpec, Release,
+    Rollout, Selector, StoredLogEntry, WhoAmI,
 };
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
 

@@ -185,9 +185,15 @@ pub enum CycleOutcome {
     /// Polled; nothing to do.
     Idle,
     /// Installed the targeted release; the caller reboots (now or in the window).
-    Installed { version: String, reboot_now: bool },
+    Installed {
+        version: String,
+        reboot_now: bool,
+    },
     /// The install failed (reported).
-    InstallFailed { version: String, error: String },
+    InstallFailed {
+        version: String,
+        error: String,
+    },
 }
 
 impl Client {
@@ -802,21 +808,19 @@ pub fn run(paths: Paths) {
             Ok(CycleOutcome::Installed {
                 version,
                 reboot_now: true,
-            }) => {
-                match crate::take_update_lock(&paths) {
-                    None => crate::log(&format!(
-                        "{version} installed; an app holds the update lock ({}), reboot deferred",
-                        crate::update_lock_path(&paths).display()
-                    )),
-                    Some(_lock) => {
-                        crate::log(&format!("{version} installed; rebooting to try it"));
-                        c.rebooting();
-                        if let Err(e) = crate::agent::reboot(&paths) {
-                            crate::log(&format!("reboot failed: {e:#}"));
-                        }
+            }) => match crate::take_update_lock(&paths) {
+                None => crate::log(&format!(
+                    "{version} installed; an app holds the update lock ({}), reboot deferred",
+                    crate::update_lock_path(&paths).display()
+                )),
+                Some(_lock) => {
+                    crate::log(&format!("{version} installed; rebooting to try it"));
+                    c.rebooting();
+                    if let Err(e) = crate::agent::reboot(&paths) {
+                        crate::log(&format!("reboot failed: {e:#}"));
                     }
                 }
-            }
+            },
             Ok(CycleOutcome::Installed { version, .. }) => {
                 crate::log(&format!(
                     "{version} installed; waiting for the reboot window {}",

@@ -29,8 +29,50 @@ pub struct Status {
     pub history: Vec<Event>,
     /// How the device config was last applied (`None`: not since boot).
     pub config: Option<crate::provision::ConfigStatus>,
+    /// The fleet server connection, when the device config names a server.
+    pub fleet: Option<FleetStatus>,
     /// Problems reading any of the above.
     pub errors: Vec<String>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct FleetStatus {
+    pub server: String,
+    pub device_id: String,
+    /// `pending`, `accepted`, `rejected`, or empty before the first answer.
+    pub enrollment: String,
+    pub target_version: Option<String>,
+    /// Unix time of the last successful request.
+    pub last_contact: Option<u64>,
+    /// Reached since this boot (a trial boot needs it to commit).
+    pub reached_since_boot: bool,
+    pub reboot_pending: bool,
+    pub last_error: Option<String>,
+}
+
+fn fleet_status(paths: &Paths) -> Option<FleetStatus> {
+    let server = crate::provision::effective_config(paths).server?;
+    let f = crate::fleet::FleetState::load(paths);
+    let url = server.url.trim_end_matches('/').to_string();
+    let same = f.server_url == url;
+    Some(FleetStatus {
+        server: url,
+        device_id: f.device_id.clone(),
+        enrollment: if same {
+            f.enrollment.clone()
+        } else {
+            String::new()
+        },
+        target_version: f
+            .target
+            .as_ref()
+            .filter(|_| same)
+            .map(|t| t.version.clone()),
+        last_contact: f.last_contact.filter(|_| same),
+        reached_since_boot: crate::fleet::reached_since_boot(paths),
+        reboot_pending: same && f.reboot_pending,
+        last_error: f.last_error.filter(|_| same),
+    })
 }
 
 pub fn status(paths: &Paths) -> Result<Status> {
@@ -89,6 +131,7 @@ pub fn status(paths: &Paths) -> Result<Status> {
         update: st.update,
         history,
         config: crate::provision::last_status(paths),
+        fleet: fleet_status(paths),
         errors,
     })
 }
@@ -164,6 +207,46 @@ pub fn render(s: &Status) -> String {
         }
         for w in &c.warnings {
             out.push_str(&format!("warning   device config: {w}\n"));
+        }
+    }
+    if let Some(f) = &s.fleet {
+        let since = |t: u64| {
+            let s = crate::now().saturating_sub(t);
+            match s {
+                0..=119 => format!("{s}s ago"),
+                120..=7199 => format!("{}m ago", s / 60),
+                _ => format!("{}h ago", s / 3600),
+            }
+        };
+        out.push_str(&format!(
+            "server    {} as device {}: {}{}\n",
+            f.server,
+            if f.device_id.is_empty() {
+                "?"
+            } else {
+                &f.device_id
+            },
+            if f.enrollment.is_empty() {
+                "not enrolled yet"
+            } else {
+                &f.enrollment
+            },
+            f.last_contact
+                .map(|t| format!(", last contact {}", since(t)))
+                .unwrap_or_default()
+        ));
+        if let Some(t) = &f.target_version {
+            out.push_str(&format!(
+                "target    {t}{}\n",
+                if f.reboot_pending {
+                    " (installed; waiting for the reboot window)"
+                } else {
+                    ""
+                }
+            ));
+        }
+        if let Some(e) = &f.last_error {
+            out.push_str(&format!("error     fleet server: {e}\n"));
         }
     }
     for e in &s.errors {

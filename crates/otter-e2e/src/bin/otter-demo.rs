@@ -145,7 +145,9 @@ fn run() -> Result<()> {
         ),
     );
     server.otter(&["release", "upload", &v2.bundle.display().to_string()])?;
-    let ro = server.otter_json(&["rollout", "create", "1.1.0", "--phases", "100", "--soak", "0"])?;
+    let ro = server.otter_json(&[
+        "rollout", "create", "1.1.0", "--phases", "100", "--soak", "0",
+    ])?;
     let ro_id = ro["id"].as_str().context("rollout id")?.to_string();
     say(
         t0,
@@ -176,7 +178,10 @@ fn run() -> Result<()> {
     );
     say(
         t0,
-        &format!("`otterd status` on the device:\n{}", dev.sh("otterd status")?),
+        &format!(
+            "`otterd status` on the device:\n{}",
+            dev.sh("otterd status")?
+        ),
     );
     let rss = dev.sh("ps -o rss= -C otterd | head -1")?;
     say(
