@@ -786,6 +786,8 @@ fn read_journal(cursor: Option<&str>, max: usize) -> Result<(Vec<LogEntry>, Opti
 /// The fleet thread of `otterd daemon`: runs for as long as the agent, following config changes.
 pub fn run(paths: Paths) {
     let mut client: Option<Client> = None;
+    let mut failures: u32 = 0;
+    let mut last_logged: Option<String> = None;
     loop {
         let Some(server) = crate::provision::effective_config(&paths).server else {
             client = None;
@@ -804,49 +806,66 @@ pub fn run(paths: Paths) {
         }
         let Some(c) = client.as_mut() else { continue };
         let mut pause = c.poll_interval();
-        match c.cycle() {
+        let ok = match c.cycle() {
             Ok(CycleOutcome::Installed {
                 version,
                 reboot_now: true,
-            }) => match crate::take_update_lock(&paths) {
-                None => crate::log(&format!(
-                    "{version} installed; an app holds the update lock ({}), reboot deferred",
-                    crate::update_lock_path(&paths).display()
-                )),
-                Some(_lock) => {
-                    crate::log(&format!("{version} installed; rebooting to try it"));
-                    c.rebooting();
-                    if let Err(e) = crate::agent::reboot(&paths) {
-                        crate::log(&format!("reboot failed: {e:#}"));
+            }) => {
+                match crate::take_update_lock(&paths) {
+                    None => crate::log(&format!(
+                        "{version} installed; an app holds the update lock ({}), reboot deferred",
+                        crate::update_lock_path(&paths).display()
+                    )),
+                    Some(_lock) => {
+                        crate::log(&format!("{version} installed; rebooting to try it"));
+                        c.rebooting();
+                        if let Err(e) = crate::agent::reboot(&paths) {
+                            crate::log(&format!("reboot failed: {e:#}"));
+                        }
                     }
                 }
-            },
+                true
+            }
             Ok(CycleOutcome::Installed { version, .. }) => {
                 crate::log(&format!(
                     "{version} installed; waiting for the reboot window {}",
                     c.server.reboot_window.as_deref().unwrap_or("")
                 ));
+                true
             }
             Ok(CycleOutcome::Pending) => {
                 crate::log(&format!(
                     "waiting for the fleet server to accept device {}",
                     c.state.device_id
                 ));
+                true
             }
-            Ok(_) => {}
+            Ok(_) => true,
             Err(e) => {
-                crate::log(&format!("fleet server: {e:#}"));
-                pause = pause.min(Duration::from_secs(30));
+                // The same error every few seconds (no network yet) is logged once.
+                let msg = format!("fleet server: {e:#}");
+                if last_logged.as_deref() != Some(msg.as_str()) {
+                    crate::log(&msg);
+                    last_logged = Some(msg);
+                }
+                // Back off from 5 s up to the poll interval while the server cannot be reached.
+                failures = failures.saturating_add(1);
+                pause = pause.min(Duration::from_secs(5 << failures.min(4)));
+                false
             }
-        }
-        if let Err(e) = c.upload_logs() {
-            crate::log(&format!("fleet server: {e:#}"));
+        };
+        if ok {
+            failures = 0;
+            last_logged = None;
+            if let Err(e) = c.upload_logs() {
+                crate::log(&format!("fleet server: {e:#}"));
+            }
         }
         // Sleep until the next poll, but report a local change (a commit, a rollback) at once.
         let until = std::time::Instant::now() + jitter(pause);
         while std::time::Instant::now() < until {
             std::thread::sleep(Duration::from_secs(2));
-            if c.state.token.is_some() && c.report(false).is_err() {
+            if ok && c.state.token.is_some() && c.report(false).is_err() {
                 break;
             }
         }
