@@ -168,6 +168,10 @@ storage = "persistent"
         "otter-data did not fill the disk: partition {data_bytes} bytes, filesystem {fs_bytes} bytes, disk {DISK}, image {image_bytes}"
     );
     let machine_id = dev.sh("cat /etc/machine-id")?.trim().to_string();
+    let host_key = dev
+        .sh("sudo ssh-keygen -lf /var/lib/otter/ssh/etc/ssh/ssh_host_ed25519_key.pub")?
+        .trim()
+        .to_string();
     ensure!(machine_id.len() == 32, "machine-id `{machine_id}`");
 
     // Change the host name at runtime: applied by the watcher, no reboot.
@@ -216,6 +220,12 @@ storage = "persistent"
     dev.wait_rebooted(&boot_id, Duration::from_secs(600))?;
     check(&dev, "host name after reboot", "hostname", "e2e-renamed")?;
     check(&dev, "machine-id kept", "cat /etc/machine-id", &machine_id)?;
+    check(
+        &dev,
+        "SSH host key kept",
+        "sudo ssh-keygen -lf /var/lib/otter/ssh/etc/ssh/ssh_host_ed25519_key.pub",
+        &host_key,
+    )?;
     let boots = dev.sh("journalctl --list-boots --no-pager | tail -n +2 | wc -l")?;
     ensure!(
         boots.trim().parse::<u32>().unwrap_or(0) >= 2,

@@ -40,6 +40,9 @@ pub const BASE_PACKAGES: &[&str] = &[
     // Device config (otter/device.toml): networking, users, time.
     "network-manager",
     "wpasupplicant",
+    // `country` (Wi-Fi regulatory domain): the database and the tool that sets it at runtime.
+    "wireless-regdb",
+    "iw",
     "sudo",
     "systemd-timesyncd",
     "tzdata",
@@ -118,7 +121,9 @@ pub fn base_tarball(
         recipe.arch,
         recipe.packages.len()
     ));
-    let partial = path.with_extension("tar.partial");
+    // Per process: two builds that miss the cache at once (parallel tests) each write their own
+    // file; the renames are atomic, so the cache entry is always one whole tarball.
+    let partial = path.with_extension(format!("tar.partial.{}", std::process::id()));
     let mut cmd = Command::new("mmdebstrap");
     cmd.env("SOURCE_DATE_EPOCH", recipe.source_date_epoch.to_string())
         .arg("--variant=minbase")
@@ -490,4 +495,31 @@ pub fn data_skeleton(dir: &Path) -> Result<()> {
         mkdir(dir, d, 0o755)?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sshd_is_key_only_by_default() {
+        // The device config's development mode (otterd: sshd_config.d/00-otter-development.conf,
+        // read first) is the only way to turn password and root password logins on.
+        for line in [
+            "PasswordAuthentication no\n",
+            "KbdInteractiveAuthentication no\n",
+            "PermitRootLogin prohibit-password\n",
+            "AuthorizedKeysFile .ssh/authorized_keys /etc/otter/authorized_keys/%u\n",
+            "HostKey /var/lib/otter/ssh/etc/ssh/ssh_host_ed25519_key\n",
+        ] {
+            assert!(SSHD_CONF.contains(line), "{line}");
+        }
+        // Host keys: made once on the data partition, before sshd starts.
+        assert!(SSH_KEYGEN_SERVICE.contains("ssh-keygen -A -f /var/lib/otter/ssh\n"));
+        assert!(
+            SSH_KEYGEN_SERVICE
+                .contains("ConditionPathExists=!/var/lib/otter/ssh/etc/ssh/ssh_host_ed25519_key\n")
+        );
+        assert!(CONFIG_PATH_UNIT.contains("PathChanged=/boot/efi/otter/device.toml\n"));
+    }
 }

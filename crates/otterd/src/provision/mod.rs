@@ -313,7 +313,12 @@ pub fn actions_for(changed: &[String]) -> Vec<&'static str> {
             "udev-rules"
         } else if rel.starts_with("systemd/system.conf.d/") {
             "daemon-reexec"
+        } else if rel.starts_with("modprobe.d/otter-regdom") {
+            // The module option covers the next boot; `iw reg set` the running kernel.
+            "wifi-regdom"
         } else {
+            // Read afresh by whoever uses them (accounts, keys, certificates, health checks,
+            // the time zone, which systemd watches): nothing to restart.
             continue;
         };
         a.insert(act);
@@ -345,6 +350,17 @@ fn restart_affected(paths: &Paths, cfg: &DeviceConfig, changed: &[String]) -> Ve
                 run(&["udevadm", "control", "--reload"]) && run(&["udevadm", "trigger"])
             }
             "daemon-reexec" => run(&["systemctl", "daemon-reexec"]),
+            "wifi-regdom" => {
+                let cc = cfg.country.as_deref().unwrap_or("00");
+                if run(&["iw", "reg", "set", cc]) {
+                    true
+                } else {
+                    log(&format!(
+                        "device config: Wi-Fi country {cc} takes effect at the next boot (`iw reg set` is not available or failed)"
+                    ));
+                    continue;
+                }
+            }
             "ssh.service" => run(&["systemctl", "reload-or-restart", act]),
             unit => run(&["systemctl", "try-restart", unit]),
         };
@@ -430,4 +446,101 @@ pub fn render_status(st: &ConfigStatus) -> String {
         out.push_str(&format!("restarted: {}\n", st.restarted.join(", ")));
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::Path;
+
+    struct Img;
+    impl ImageEtc for Img {
+        fn read(&self, rel: &str) -> Option<String> {
+            match rel {
+                "passwd" => Some("root:x:0:0:root:/root:/bin/bash\n".into()),
+                "group" => Some("root:x:0:\nsudo:x:27:\n".into()),
+                _ => None,
+            }
+        }
+        fn has_timezone(&self, _: &str) -> bool {
+            true
+        }
+    }
+
+    const FULL: &str = r#"
+hostname = "gw-1"
+timezone = "Europe/Berlin"
+country = "DE"
+udev_rules = ["KERNEL==\"ttyUSB0\", SYMLINK+=\"modem\""]
+ca_certificates = ["-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----"]
+[[users]]
+name = "ops"
+sudo = true
+ssh_authorized_keys = ["ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAA ops"]
+[ssh]
+development_mode = true
+root_authorized_keys = ["ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAA root"]
+[network]
+dns = ["10.0.2.3"]
+proxy = "http://proxy:3128"
+[[network.wifi]]
+ssid = "Lab"
+psk = "password123"
+[time]
+ntp = ["10.0.2.2"]
+[logging]
+storage = "volatile"
+[health]
+checks = ["true"]
+"#;
+
+    /// What each rendered file restarts; files read afresh on use restart nothing.
+    fn expected(rel: &str) -> Option<&'static str> {
+        Some(match rel {
+            "hostname" | "hosts" => "hostname",
+            r if r.starts_with("NetworkManager/") => "NetworkManager.service",
+            r if r.starts_with("systemd/resolved.conf.d/") => "systemd-resolved.service",
+            r if r.starts_with("systemd/timesyncd.conf.d/") => "systemd-timesyncd.service",
+            r if r.starts_with("systemd/journald.conf.d/") => "systemd-journald.service",
+            r if r.starts_with("ssh/") || r == "otter/development-banner" => "ssh.service",
+            r if r.starts_with("udev/") => "udev-rules",
+            r if r.starts_with("systemd/system.conf.d/") => "daemon-reexec",
+            r if r.starts_with("modprobe.d/") => "wifi-regdom",
+            "passwd" | "group" | "shadow" | "gshadow" | "localtime" | "timezone" | "motd"
+            | "environment" => return None,
+            r if r.starts_with("otter/authorized_keys/")
+                || r.starts_with("ssl/certs/")
+                || r.starts_with("sudoers.d/")
+                || r.starts_with("otter/health.d/")
+                || r == "otter/proxy.env" =>
+            {
+                return None;
+            }
+            r => panic!("rendered file {r} has no restart rule in this test"),
+        })
+    }
+
+    #[test]
+    fn each_rendered_file_restarts_only_its_service() {
+        let cfg = DeviceConfig::parse(Path::new("device.toml"), FULL).unwrap();
+        let r = render::render(&cfg, &Img, &mut BTreeMap::new());
+        assert!(r.files.len() > 20, "{:?}", r.files.keys());
+        for rel in r.files.keys() {
+            let got = actions_for(std::slice::from_ref(rel));
+            let want: Vec<&str> = expected(rel).into_iter().collect();
+            assert_eq!(got, want, "{rel}");
+        }
+        // Several changes: each service once, nothing else.
+        let changed: Vec<String> = [
+            "hostname",
+            "hosts",
+            "passwd",
+            "modprobe.d/otter-regdom.conf",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        assert_eq!(actions_for(&changed), ["hostname", "wifi-regdom"]);
+        assert!(actions_for(&[]).is_empty());
+    }
 }

@@ -159,9 +159,56 @@ pub fn clock_floor(floor: u64) {
 }
 
 /// The clock chain's step after "last saved clock" and before NTP: once the network is up, the
-/// `Date` header of a request to the fleet server (Unix seconds).
+/// `Date` header of a request to the fleet server (Unix seconds). Through the device config's
+/// `network.proxy`, which reaches every service as systemd's default environment: behind a
+/// proxy NTP is often blocked, and this is then the only source of time.
 pub fn server_date(url: &str) -> Result<u64> {
-    let resp = match ureq::head(url).timeout(Duration::from_secs(15)).call() {
+    let env = |names: [&str; 2]| {
+        names
+            .iter()
+            .find_map(|n| std::env::var(n).ok())
+            .filter(|v| !v.trim().is_empty())
+    };
+    let proxy = if url.starts_with("https:") {
+        env(["https_proxy", "HTTPS_PROXY"])
+    } else {
+        env(["http_proxy", "HTTP_PROXY"])
+    };
+    let no_proxy = env(["no_proxy", "NO_PROXY"]).unwrap_or_default();
+    let proxy = proxy.filter(|_| !bypasses_proxy(url, &no_proxy));
+    server_date_via(url, proxy.as_deref())
+}
+
+/// Whether `url`'s host is in `no_proxy` (comma-separated host names, `.domain` or `domain`
+/// suffixes, `*`).
+fn bypasses_proxy(url: &str, no_proxy: &str) -> bool {
+    let host = url
+        .split_once("://")
+        .map_or(url, |(_, rest)| rest)
+        .split(['/', '?', '#'])
+        .next()
+        .unwrap_or("");
+    let host = host.rsplit('@').next().unwrap_or("");
+    let host = match host.strip_prefix('[') {
+        Some(h) => h.split(']').next().unwrap_or(""),
+        None => host.split(':').next().unwrap_or(""),
+    }
+    .to_ascii_lowercase();
+    no_proxy
+        .split(',')
+        .map(|e| e.trim().trim_start_matches('.').to_ascii_lowercase())
+        .filter(|e| !e.is_empty())
+        .any(|e| e == "*" || host == e || host.ends_with(&format!(".{e}")))
+}
+
+/// [`server_date`] through `proxy` (none: directly).
+pub fn server_date_via(url: &str, proxy: Option<&str>) -> Result<u64> {
+    let mut agent = ureq::AgentBuilder::new().timeout(Duration::from_secs(15));
+    if let Some(p) = proxy {
+        agent = agent
+            .proxy(ureq::Proxy::new(p).with_context(|| format!("the proxy `{p}` is not usable"))?);
+    }
+    let resp = match agent.build().head(url).call() {
         Ok(r) => r,
         Err(ureq::Error::Status(_, r)) => r,
         Err(e) => bail!("asking {url} for the time: {e}"),
@@ -342,8 +389,64 @@ mod tests {
                 c.write_all(answer.as_bytes()).unwrap();
             }
         });
-        assert_eq!(server_date(&url).unwrap(), 1811844000);
-        let e = server_date(&url).unwrap_err().to_string();
+        assert_eq!(server_date_via(&url, None).unwrap(), 1811844000);
+        let e = server_date_via(&url, None).unwrap_err().to_string();
         assert!(e.contains("no Date header"), "{e}");
+    }
+
+    #[test]
+    fn asks_for_the_date_through_the_proxy() {
+        // The "proxy" answers itself; the request line names the server in absolute form.
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let proxy = format!("http://{}", l.local_addr().unwrap());
+        let seen = std::thread::spawn(move || {
+            let (mut c, _) = l.accept().unwrap();
+            let mut r = BufReader::new(c.try_clone().unwrap());
+            let mut first = String::new();
+            r.read_line(&mut first).unwrap();
+            let mut line = String::new();
+            while r.read_line(&mut line).unwrap() > 2 {
+                line.clear();
+            }
+            c.write_all(
+                b"HTTP/1.1 200 OK\r\nDate: Tue, 01 Jun 2027 10:00:00 GMT\r\nContent-Length: 0\r\n\r\n",
+            )
+            .unwrap();
+            first
+        });
+        let t = server_date_via("http://fleet.example.invalid/", Some(&proxy)).unwrap();
+        assert_eq!(t, 1811844000);
+        let first = seen.join().unwrap();
+        assert!(
+            first.starts_with("HEAD http://fleet.example.invalid/ "),
+            "{first}"
+        );
+    }
+
+    #[test]
+    fn no_proxy_matches_hosts_and_domains() {
+        let np = "localhost, .lan,example.com,10.0.2.2";
+        for url in [
+            "https://localhost:8443/",
+            "https://fleet.lan",
+            "https://lan/",
+            "https://otter.example.com/x",
+            "https://EXAMPLE.com",
+            "http://10.0.2.2:8080",
+            "https://user@example.com",
+        ] {
+            assert!(bypasses_proxy(url, np), "{url}");
+        }
+        for url in [
+            "https://example.org",
+            "https://notexample.com",
+            "https://10.0.2.20",
+            "https://[fd00::1]:8443",
+        ] {
+            assert!(!bypasses_proxy(url, np), "{url}");
+        }
+        assert!(bypasses_proxy("https://anything", "*"));
+        assert!(!bypasses_proxy("https://anything", ""));
+        assert!(bypasses_proxy("https://[fd00::1]:8443/", "fd00::1"));
     }
 }

@@ -197,7 +197,36 @@ fn users(
     let mut group = entries(&image.read("group").unwrap_or_default());
     let mut shadow = entries(&image.read("shadow").unwrap_or_default());
     let mut gshadow = entries(&image.read("gshadow").unwrap_or_default());
-    let names: Vec<&str> = cfg.users.iter().map(|u| u.name.as_str()).collect();
+    // Each user gets a group of its own name and replaces an image account of that name, but
+    // never a system account or group of the image (Debian's system ids: below 1000 and
+    // 60000-65535), which the schema's list of reserved names may not know.
+    let system_id = |f: &Vec<String>| {
+        f.get(2)
+            .and_then(|id| id.parse::<u32>().ok())
+            .is_none_or(|id| !(FIRST_UID..60000).contains(&id))
+    };
+    let mut accepted = Vec::new();
+    for (i, u) in cfg.users.iter().enumerate() {
+        let clash = [("account", &passwd), ("group", &group)]
+            .into_iter()
+            .find_map(|(what, table)| {
+                table
+                    .iter()
+                    .find(|f| f[0] == u.name && system_id(f))
+                    .map(|f| (what, f.get(2).cloned().unwrap_or_default()))
+            });
+        match clash {
+            Some((what, id)) => r.warnings.push(format!(
+                "users[{i}].name: `{}` is a system {what} of this image (id {id}); the user is not created, pick another name",
+                u.name
+            )),
+            None => accepted.push(u),
+        }
+    }
+    if accepted.is_empty() {
+        return;
+    }
+    let names: Vec<&str> = accepted.iter().map(|u| u.name.as_str()).collect();
     // A device user replaces an image account of the same name.
     passwd.retain(|f| !names.contains(&f[0].as_str()));
     shadow.retain(|f| !names.contains(&f[0].as_str()));
@@ -208,7 +237,7 @@ fn users(
         passwd.iter().any(|f| f.get(2) == Some(&s)) || group.iter().any(|f| f.get(2) == Some(&s))
     };
     let mut sudoers = String::new();
-    for u in &cfg.users {
+    for u in accepted {
         let id = match uids.get(&u.name) {
             Some(&id) if !used(&passwd, &group, id) => id,
             _ => {
@@ -533,7 +562,7 @@ mod tests {
             Some(
                 match rel {
                     "passwd" => "root:x:0:0:root:/root:/bin/bash\nsshd:x:100:65534::/run/sshd:/usr/sbin/nologin\n",
-                    "group" => "root:x:0:\nsudo:x:27:\nusers:x:100:\n",
+                    "group" => "root:x:0:\nsudo:x:27:\nusers:x:100:\ndocker:x:998:\n",
                     "shadow" => "root:*:19000:0:99999:7:::\n",
                     "gshadow" => "root:*::\nsudo:*::\n",
                     "hosts" => "127.0.0.1\tlocalhost\n127.0.1.1\timage\n",
@@ -675,6 +704,64 @@ checks = ["true"]
         assert!(text(&r, "environment").contains("https_proxy=http://proxy:3128"));
         assert!(text(&r, "modprobe.d/otter-regdom.conf").contains("ieee80211_regdom=DE"));
         assert!(text(&r, "otter/health.d/50-device-config-0").starts_with("#!/bin/sh"));
+    }
+
+    #[test]
+    fn ssh_is_key_only_unless_development_mode() {
+        // Key-only is the image's own sshd_config.d/otter.conf; the config adds nothing.
+        let r = render(&cfg(""), &Img, &mut BTreeMap::new());
+        assert!(
+            !r.files
+                .keys()
+                .any(|k| k.starts_with("ssh/") || k == "motd" || k.contains("development")),
+            "{:?}",
+            r.files.keys()
+        );
+        let r = render(
+            &cfg("[ssh]\ndevelopment_mode = true"),
+            &Img,
+            &mut BTreeMap::new(),
+        );
+        let conf = text(&r, "ssh/sshd_config.d/00-otter-development.conf");
+        for line in [
+            "PasswordAuthentication yes\n",
+            "KbdInteractiveAuthentication yes\n",
+            "PermitRootLogin yes\n",
+            "Banner /etc/otter/development-banner\n",
+        ] {
+            assert!(conf.contains(line), "{line}: {conf}");
+        }
+        // sshd keeps the first value it reads; this file must sort before the image's otter.conf.
+        assert!("00-otter-development.conf" < "otter.conf");
+        assert!(text(&r, "otter/development-banner").contains("DEVELOPMENT MODE"));
+        assert!(text(&r, "motd").contains("DEVELOPMENT MODE"));
+    }
+
+    #[test]
+    fn a_user_never_replaces_a_system_account_or_group() {
+        // `docker` is a system group of this image (gid 998), unknown to the schema.
+        let c = cfg("[[users]]\nname = \"docker\"\n[[users]]\nname = \"ops\"\n");
+        let mut uids = BTreeMap::new();
+        let r = render(&c, &Img, &mut uids);
+        assert!(
+            r.warnings.len() == 1
+                && r.warnings[0].contains("users[0].name")
+                && r.warnings[0].contains("docker"),
+            "{:?}",
+            r.warnings
+        );
+        assert!(text(&r, "group").contains("docker:x:998:\n"));
+        assert!(!text(&r, "passwd").contains("docker"));
+        assert!(text(&r, "passwd").contains("ops:x:1000:1000"));
+        assert_eq!(r.homes, vec![("ops".to_string(), 1000, 1000)]);
+        assert!(!uids.contains_key("docker"));
+        // Only that user: nothing of the account files is rendered.
+        let r = render(
+            &cfg("[[users]]\nname = \"docker\"\n"),
+            &Img,
+            &mut BTreeMap::new(),
+        );
+        assert!(!r.files.contains_key("passwd") && !r.files.contains_key("group"));
     }
 
     #[test]
