@@ -466,7 +466,7 @@ fn device_line(d: &Device) {
         })
         .unwrap_or_default();
     println!(
-        "{:<16}  {:<16}  {:<9}  {:<14}  {:<10}  {:<10}  {:<8}  {}",
+        "{:<16}  {:<16}  {:<9}  {:<24}  {:<10}  {:<10}  {:<8}  {}",
         d.id,
         d.name.as_deref().unwrap_or("-"),
         d.status.as_str(),
@@ -511,7 +511,7 @@ fn devices(c: &Client, cmd: DevicesCmd) -> Result<()> {
                 return print_json(&list);
             }
             println!(
-                "{:<16}  {:<16}  {:<9}  {:<14}  {:<10}  {:<10}  {:<8}  UPDATE",
+                "{:<16}  {:<16}  {:<9}  {:<24}  {:<10}  {:<10}  {:<8}  UPDATE",
                 "ID", "NAME", "STATUS", "BOARD", "VERSION", "TARGET", "SEEN"
             );
             for d in &list {
