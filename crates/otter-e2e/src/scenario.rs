@@ -147,7 +147,9 @@ units = ["ssh.service"]
 "#,
             version = v.version,
             key = self.dir.join("keys/otter-signing.key").display(),
-            cmdline = v.kernel_cmdline,
+            // A TCG guest on a busy host can fail the kernel's IO-APIC timer check and panic
+            // ("IO-APIC + timer doesn't work"); VM kernels skip that check.
+            cmdline = format!("no_timer_check {}", v.kernel_cmdline).trim_end(),
             ssh_pub = self.ssh_key.with_extension("pub").display(),
             deadline = if v.deadline_secs == 0 {
                 300
