@@ -7,6 +7,7 @@
 
 use anyhow::{Context, Result};
 use otter_e2e::scenario::{Device, Variant, Workbench, guest_url, phase, serve};
+use std::process::Command;
 use std::time::Duration;
 
 #[test]
@@ -68,10 +69,55 @@ fn scenarios() -> Result<()> {
     let s = dev.status()?;
     assert_eq!(s["booted_slot"], "A", "{s:#}");
     assert_eq!(s["version"], "1.0.0", "{s:#}");
+    let first_request = http.requests().len();
+    http.reset_bytes_served();
     dev.install_and_reboot(&guest_url(&http, &v2.bundle))?;
     let s = dev.wait_status("1.1.0 committed", Duration::from_secs(600), |s| {
         phase(s) == "committed"
     })?;
+    // A delta: only what `otter bundle diff` says a device on 1.0.0 needs crossed the network,
+    // in as many chunk requests as it planned, every one of them a range request.
+    let diff = Command::new(&wb.otter)
+        .args(["bundle", "diff", "--json"])
+        .arg(&v1.bundle)
+        .arg(&v2.bundle)
+        .output()?;
+    assert!(diff.status.success(), "otter bundle diff failed");
+    let diff: serde_json::Value = serde_json::from_slice(&diff.stdout)?;
+    let planned =
+        diff["download_bytes"].as_u64().unwrap_or(0) + diff["header_bytes"].as_u64().unwrap_or(0);
+    let served = http.bytes_served();
+    let full = std::fs::metadata(&v2.bundle)?.len();
+    let bundle_name = v2
+        .bundle
+        .file_name()
+        .unwrap_or_default()
+        .to_string_lossy()
+        .to_string();
+    let reqs: Vec<_> = http.requests()[first_request..]
+        .iter()
+        .filter(|r| r.target.ends_with(&bundle_name))
+        .cloned()
+        .collect();
+    eprintln!(
+        "   delta: {served} bytes served in {} requests for a {full}-byte bundle; otter bundle diff planned {planned} bytes, {} chunk requests",
+        reqs.len(),
+        diff["requests"]
+    );
+    assert!(
+        reqs.iter().all(|r| r.range.is_some() && r.status == 206),
+        "a request without a range: {reqs:?}"
+    );
+    // The header is read in 64 KiB windows, so a little more than the header may be read.
+    assert!(
+        served <= planned + (256 << 10) && served < full / 10,
+        "served {served} bytes, planned {planned} (full bundle {full})"
+    );
+    assert_eq!(s["update"]["delta"]["requests"], diff["requests"], "{s:#}");
+    assert_eq!(
+        s["update"]["delta"]["fetched_bytes"], s["update"]["delta"]["planned_bytes"],
+        "{s:#}"
+    );
     assert_eq!(s["booted_slot"], "B", "{s:#}");
     assert_eq!(s["primary_slot"], "B", "{s:#}");
     assert_eq!(s["version"], "1.1.0", "{s:#}");
@@ -165,10 +211,55 @@ fn scenarios() -> Result<()> {
     assert_eq!(phase(&s), "rolled_back", "{s:#}");
 
     // ... and a second install succeeds.
+    let first_request = http.requests().len();
+    http.reset_bytes_served();
     dev.install_and_reboot(&guest_url(&http, &v2.bundle))?;
     let s = dev.wait_status("1.1.0 committed", Duration::from_secs(600), |s| {
         phase(s) == "committed"
     })?;
+    // A delta: only what `otter bundle diff` says a device on 1.0.0 needs crossed the network,
+    // in as many chunk requests as it planned, every one of them a range request.
+    let diff = Command::new(&wb.otter)
+        .args(["bundle", "diff", "--json"])
+        .arg(&v1.bundle)
+        .arg(&v2.bundle)
+        .output()?;
+    assert!(diff.status.success(), "otter bundle diff failed");
+    let diff: serde_json::Value = serde_json::from_slice(&diff.stdout)?;
+    let planned =
+        diff["download_bytes"].as_u64().unwrap_or(0) + diff["header_bytes"].as_u64().unwrap_or(0);
+    let served = http.bytes_served();
+    let full = std::fs::metadata(&v2.bundle)?.len();
+    let bundle_name = v2
+        .bundle
+        .file_name()
+        .unwrap_or_default()
+        .to_string_lossy()
+        .to_string();
+    let reqs: Vec<_> = http.requests()[first_request..]
+        .iter()
+        .filter(|r| r.target.ends_with(&bundle_name))
+        .cloned()
+        .collect();
+    eprintln!(
+        "   delta: {served} bytes served in {} requests for a {full}-byte bundle; otter bundle diff planned {planned} bytes, {} chunk requests",
+        reqs.len(),
+        diff["requests"]
+    );
+    assert!(
+        reqs.iter().all(|r| r.range.is_some() && r.status == 206),
+        "a request without a range: {reqs:?}"
+    );
+    // The header is read in 64 KiB windows, so a little more than the header may be read.
+    assert!(
+        served <= planned + (256 << 10) && served < full / 10,
+        "served {served} bytes, planned {planned} (full bundle {full})"
+    );
+    assert_eq!(s["update"]["delta"]["requests"], diff["requests"], "{s:#}");
+    assert_eq!(
+        s["update"]["delta"]["fetched_bytes"], s["update"]["delta"]["planned_bytes"],
+        "{s:#}"
+    );
     assert_eq!(s["booted_slot"], "B", "{s:#}");
     assert_eq!(s["version"], "1.1.0", "{s:#}");
     dev.power_cut();
