@@ -698,6 +698,7 @@ fn find_refs(
 /// Builds the data image of a patch set from `old` (the old image's bytes and index) to `new`,
 /// given the new image's manifest entry (its chunk lengths decide which units pay off). Returns
 /// the data image's bytes and the patch set (with `data` still to be named by the caller).
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn build(
     old: &[u8],
     old_index: &BlockIndex,
@@ -731,8 +732,7 @@ pub(crate) fn build(
         .map_or(2, |n| n.get())
         .clamp(1, 8);
     let next = std::sync::atomic::AtomicUsize::new(0);
-    let results: Vec<std::sync::Mutex<Option<Result<Option<Vec<u8>>>>>> =
-        spans.iter().map(|_| std::sync::Mutex::new(None)).collect();
+    let results: Vec<UnitSlot> = spans.iter().map(|_| std::sync::Mutex::new(None)).collect();
     std::thread::scope(|s| {
         for _ in 0..workers {
             s.spawn(|| {
@@ -794,6 +794,9 @@ pub(crate) fn build(
         },
     ))
 }
+
+/// Where a worker leaves one unit's record (`None` inside: not worth keeping).
+type UnitSlot = std::sync::Mutex<Option<Result<Option<Vec<u8>>>>>;
 
 /// One unit's record, or `None` when it would not be smaller than the chunks it replaces.
 fn make_unit(
