@@ -624,46 +624,61 @@ fn find_refs(
     anchors_old: &OldAnchors,
     g: &[u64; 256],
 ) -> Vec<(u64, usize)> {
-    // Where the unit would start in the old image, by each anchor that matched.
-    let mut starts: Vec<i64> = Vec::new();
+    // For each anchor that matched: where the unit would start in the old image, and where
+    // the anchor is there.
+    let mut hits: Vec<(i64, i64)> = Vec::new();
     anchors(unit, g, &mut |o, k| {
         if let Some(&old) = anchors_old.map.get(&k) {
-            starts.push(old as i64 - o as i64);
+            hits.push((old as i64 - o as i64, old as i64));
         }
     });
-    if starts.is_empty() {
+    if hits.is_empty() {
         return Vec::new();
     }
-    starts.sort_unstable();
-    // Clusters of nearby alignments (a file that grew or shrank a little inside).
+    hits.sort_unstable();
+    // Clusters of nearby alignments (a file that moved, grew or shrank a little inside).
     const CLUSTER: i64 = 64 * 1024;
-    let mut clusters: Vec<(usize, i64, i64)> = Vec::new(); // (votes, min start, max start)
-    for s in starts {
+    struct Cluster {
+        votes: usize,
+        last_start: i64,
+        min_old: i64,
+        max_old: i64,
+    }
+    let mut clusters: Vec<Cluster> = Vec::new();
+    for (start, old) in hits {
         match clusters.last_mut() {
-            Some(c) if s - c.2 <= CLUSTER => {
-                c.0 += 1;
-                c.2 = s;
+            Some(c) if start - c.last_start <= CLUSTER => {
+                c.votes += 1;
+                c.last_start = start;
+                c.min_old = c.min_old.min(old);
+                c.max_old = c.max_old.max(old);
             }
-            _ => clusters.push((1, s, s)),
+            _ => clusters.push(Cluster {
+                votes: 1,
+                last_start: start,
+                min_old: old,
+                max_old: old,
+            }),
         }
     }
-    clusters.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)));
+    clusters.sort_by(|a, b| b.votes.cmp(&a.votes).then(a.min_old.cmp(&b.min_old)));
     let bs = i64::from(BLOCK_SIZE);
-    let margin = 16 * 1024i64;
+    // Anchors are ~512 bytes apart: the similar bytes reach a little beyond the outer ones.
+    let margin = 8 * 1024i64;
+    let old_end = old_len as i64 / bs * bs;
     let mut ranges: Vec<(i64, i64)> = Vec::new();
     let mut total = 0i64;
-    for (votes, lo, hi) in clusters {
+    for c in clusters {
         // A lone anchor hit is as likely chance as similarity.
-        if votes < 2 {
+        if c.votes < 2 {
             break;
         }
-        let mut s = (lo - margin).max(0) / bs * bs;
-        let mut e = ((hi + unit.len() as i64 + margin).min(old_len as i64) + bs - 1) / bs * bs;
-        e = e.min(old_len as i64 / bs * bs);
+        let mut s = (c.min_old - 64 - margin).max(0) / bs * bs;
+        let mut e = ((c.max_old + margin + bs - 1) / bs * bs).min(old_end);
         if e <= s {
             continue;
         }
-        let room = REF_MAX_BYTES as i64 - total;
+        let room = (REF_MAX_BYTES as i64 - total) / bs * bs;
         if room < bs {
             break;
         }
@@ -671,7 +686,7 @@ fn find_refs(
             // Keep the middle of the cluster.
             let mid = (s + e) / 2 / bs * bs;
             s = (mid - room / 2).max(0) / bs * bs;
-            e = s + room / bs * bs;
+            e = (s + room).min(old_end);
         }
         total += e - s;
         ranges.push((s, e));
