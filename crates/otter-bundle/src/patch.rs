@@ -958,3 +958,86 @@ pub(crate) fn read_image(
 pub(crate) fn read_file(path: &Path) -> Result<Vec<u8>> {
     std::fs::read(path).map_err(|e| Error::io("cannot read image", path, e))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn noise(n: usize, seed: u64) -> Vec<u8> {
+        let mut x = seed | 1;
+        (0..n)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            })
+            .collect()
+    }
+
+    #[test]
+    fn prefix_frames_roundtrip_and_need_their_prefix() {
+        let old = noise(200_000, 1);
+        let mut new = old[50_000..150_000].to_vec();
+        new[500] ^= 1;
+        let frame = compress_with_prefix(&new, &old, 19).unwrap();
+        assert!(frame.len() < 1000, "{}", frame.len());
+        assert_eq!(
+            decompress_with_prefix(&frame, &old, new.len(), 27).unwrap(),
+            new
+        );
+        // Without the right prefix the output is wrong or the frame is refused; the block
+        // hashes catch the former.
+        let other = noise(200_000, 2);
+        assert_ne!(
+            decompress_with_prefix(&frame, &other, new.len(), 27).ok(),
+            Some(new.clone())
+        );
+        // The capacity bounds the output.
+        assert!(decompress_with_prefix(&frame, &old, new.len() - 1, 27).is_err());
+    }
+
+    #[test]
+    fn anchors_find_moved_bytes() {
+        let old = noise(1 << 20, 3);
+        let ix = BlockIndex::new(
+            old.len() as u64,
+            old.chunks(4096).map(crate::index::block_hash).collect(),
+        )
+        .unwrap();
+        let g = gear();
+        let a = OldAnchors::new(&old, &ix, &g);
+        // A unit made of old bytes 300_000.. with a few changes.
+        let mut unit = old[300_000..300_000 + 64 * 1024].to_vec();
+        for k in (0..unit.len()).step_by(1000) {
+            unit[k] ^= 0xff;
+        }
+        let refs = find_refs(&unit, old.len() as u64, &a, &g);
+        assert!(!refs.is_empty());
+        let (b, n) = refs[0];
+        let (s, e) = (b * 4096, (b + n as u64) * 4096);
+        assert!(s <= 300_000 && e >= 300_000 + 60 * 1024, "{refs:?}");
+        assert!(refs.iter().map(|r| r.1).sum::<usize>() * 4096 <= REF_MAX_BYTES);
+    }
+
+    #[test]
+    fn records_parse_only_when_complete() {
+        let mut rec = Vec::new();
+        rec.extend_from_slice(&7u32.to_le_bytes());
+        rec.extend_from_slice(&2u16.to_le_bytes());
+        rec.extend_from_slice(&1u16.to_le_bytes());
+        rec.extend_from_slice(&100u32.to_le_bytes());
+        rec.extend_from_slice(&3u32.to_le_bytes());
+        rec.extend_from_slice(&5u32.to_le_bytes());
+        rec.extend_from_slice(b"abcde");
+        for cut in 0..rec.len() {
+            assert!(parse_record(&rec[..cut]).unwrap().is_none(), "{cut}");
+        }
+        let (r, len) = parse_record(&rec).unwrap().unwrap();
+        assert_eq!((r.first, r.count, r.frame_len, len), (7, 2, 5, rec.len()));
+        assert_eq!(r.refs, vec![(100, 3)]);
+        let mut bad = rec.clone();
+        bad[6..8].copy_from_slice(&(MAX_REFS as u16 + 1).to_le_bytes());
+        assert!(parse_record(&bad).is_err());
+    }
+}
