@@ -38,7 +38,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     };
     let r = v.install_image_with("rootfs", &PathBuf::from(target), &opts, &mut |_| {})?;
     println!(
-        "{:.1}s (verify {:.1}s): written {:.1} MiB, fetched {:.2} MiB (planned {:.2}), reused {:.1} MiB, {} requests, seed {:?}",
+        "{:.1}s (verify {:.1}s): written {:.1} MiB, fetched {:.2} MiB (planned {:.2}), reused {:.1} MiB, {} requests, seed {:?}, patch {:?} ({} chunks, {} failed units{})",
         t.elapsed().as_secs_f64(),
         r.verify_seconds,
         r.bytes_written as f64 / 1048576.0,
@@ -46,7 +46,14 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         r.fetch_planned as f64 / 1048576.0,
         r.bytes_reused as f64 / 1048576.0,
         r.requests,
-        r.seed_index
+        r.seed_index,
+        r.patch_from,
+        r.patched_chunks,
+        r.patch_failed_units,
+        r.patch_note
+            .as_deref()
+            .map(|n| format!(", note: {n}"))
+            .unwrap_or_default()
     );
     Ok(())
 }

@@ -77,6 +77,21 @@ pub fn create_bundle(
     opts: &CreateOptions,
     keys: &[&SigningKey],
 ) -> Result<Manifest> {
+    create_bundle_with_patches(out, images, opts, keys, &[])
+}
+
+/// [`create_bundle`], plus a patch set ([`crate::patch`]) for each image of each older bundle in
+/// `delta_from` (paths or URLs) that has an image of the same name: devices running exactly that
+/// older image download much less; every other device installs from the same bundle as usual.
+/// The older bundles' signatures are not checked (they are the builder's own), but their images
+/// are checked against their manifests before patches are made from them.
+pub fn create_bundle_with_patches(
+    out: &Path,
+    images: &[(&str, &Path)],
+    opts: &CreateOptions,
+    keys: &[&SigningKey],
+    delta_from: &[&str],
+) -> Result<Manifest> {
     opts.check()?;
     if keys.is_empty() {
         return Err(Error::InvalidOptions(
@@ -95,10 +110,10 @@ pub fn create_bundle(
     if images.is_empty() {
         return Err(Error::InvalidOptions("no images given".into()));
     }
-    let mut names = HashSet::new();
+    let mut names: HashSet<String> = HashSet::new();
     for (name, _) in images {
         check_image_name(name)?;
-        if !names.insert(*name) {
+        if !names.insert(name.to_string()) {
             return Err(Error::InvalidOptions(format!(
                 "image name {name:?} given twice"
             )));
@@ -122,6 +137,22 @@ pub fn create_bundle(
             .map_err(|e| Error::io("cannot write temporary payload in", &dir, e))?;
         analysed.push(a);
     }
+    let mut patches = Vec::new();
+    for src in delta_from {
+        let made = make_patch_sets(
+            src,
+            images,
+            &analysed,
+            opts,
+            &dir,
+            &mut chunks_file,
+            &mut names,
+        )?;
+        for (a, ps) in made {
+            analysed.push(a);
+            patches.push(ps);
+        }
+    }
     let (entries, index_frames) = layout(analysed, opts)?;
 
     let manifest = Manifest {
@@ -131,6 +162,7 @@ pub fn create_bundle(
         created,
         images: entries,
         metadata: BTreeMap::new(),
+        patches,
     };
     manifest
         .check()
@@ -147,6 +179,88 @@ pub fn create_bundle(
 
     write_atomically(out, &dir, &header, &mut chunks_file)?;
     Ok(manifest)
+}
+
+/// Patch sets against the older bundle `src` for every image it shares with `images`: each
+/// one's data image chunked into `payload` like any other image.
+fn make_patch_sets(
+    src: &str,
+    images: &[(&str, &Path)],
+    analysed: &[Analysed],
+    opts: &CreateOptions,
+    dir: &Path,
+    payload: &mut File,
+    names: &mut HashSet<String>,
+) -> Result<Vec<(Analysed, crate::patch::PatchSet)>> {
+    let reader = crate::reader::BundleReader::open(src)?;
+    let old_manifest = reader.manifest().clone();
+    if old_manifest.compatible != opts.compatible {
+        return Err(Error::InvalidOptions(format!(
+            "--delta-from {src} is for {:?}, this bundle for {:?}",
+            old_manifest.compatible, opts.compatible
+        )));
+    }
+    let mut out = Vec::new();
+    for ((name, path), a) in images.iter().zip(analysed) {
+        if old_manifest.image(name).is_none() {
+            continue;
+        }
+        let (old, old_index, old_entry) = crate::patch::read_image(&reader, name)?;
+        let new = crate::patch::read_file(path)?;
+        // Payload offsets do not matter for planning; only sizes and chunk lengths do.
+        let entry = ImageEntry {
+            name: a.name.clone(),
+            size: a.size,
+            sha256: a.sha256.clone(),
+            block_size: BLOCK_SIZE,
+            chunk_size: a.chunk_size,
+            index: IndexRef {
+                offset: 0,
+                csize: 1,
+                size: a.index.len() as u64 * crate::index::HASH_LEN as u64,
+                sha256: a.index.sha256(),
+            },
+            chunks_offset: 0,
+            chunks: a.chunks.clone(),
+        };
+        let (data, mut ps) = crate::patch::build(
+            &old,
+            &old_index,
+            &old_manifest.version,
+            &old_entry.sha256,
+            &new,
+            &entry,
+            &a.index,
+            crate::patch::PATCH_ZSTD_LEVEL,
+        )?;
+        drop((old, new));
+        let mut k = 1;
+        let data_name = loop {
+            let n = format!("{name}.patch{k}");
+            if names.insert(n.clone()) {
+                break n;
+            }
+            k += 1;
+        };
+        ps.data = data_name.clone();
+        let mut tmp = tempfile::NamedTempFile::new_in(dir)
+            .map_err(|e| Error::io("cannot create temporary file in", dir, e))?;
+        tmp.write_all(&data)
+            .and_then(|()| tmp.flush())
+            .map_err(|e| Error::io("cannot write temporary patch data in", dir, e))?;
+        let data_opts = CreateOptions {
+            chunk_size: crate::patch::DATA_CHUNK_SIZE,
+            // Already compressed: level 1 only squeezes the head and the padding.
+            zstd_level: 1,
+            ..opts.clone()
+        };
+        let mut w = io::BufWriter::with_capacity(1024 * 1024, &mut *payload);
+        let da = chunk_image(&data_name, tmp.path(), &data_opts, &mut w, dir)?;
+        w.flush()
+            .map_err(|e| Error::io("cannot write temporary payload in", dir, e))?;
+        out.push((da, ps));
+    }
+    Ok(out)
 }
 
 /// An image chunked and hashed, before its place in the payload is known.

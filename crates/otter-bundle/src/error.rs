@@ -73,6 +73,11 @@ pub enum Error {
     #[error("bundle {source_name} is corrupt: {reason} (hint: copy or download the bundle again)")]
     Corrupt { source_name: String, reason: String },
 
+    /// A patch set (for a device on release `from`) could not be used; install falls back to
+    /// block reuse and fetching.
+    #[error("patch from release {from} is unusable: {reason}")]
+    PatchInvalid { from: String, reason: String },
+
     #[error(
         "bundle truncated: expected {expected} payload bytes, got {got} ({source_name}; hint: the copy or download is incomplete, fetch the bundle again)"
     )]

@@ -97,8 +97,17 @@ pub struct InstallReport {
     /// The plan (a full install's plan when there is no seed).
     pub plan: DeltaPlan,
     pub seed_index: Option<SeedIndexSource>,
-    /// Chunks planned from the seed that had a mismatching block, and were fetched instead.
+    /// Chunks planned from the seed (or from a patch unit) that had a mismatching block, and
+    /// were fetched instead.
     pub seed_mismatches: u64,
+    /// Chunks rebuilt from patch units ([`crate::patch`]) instead of fetched.
+    pub patched_chunks: u64,
+    /// Patch units whose output did not match the block index (their chunks were fetched).
+    pub patch_failed_units: u64,
+    /// The release of the patch set used, if the bundle had one for the seed's image.
+    pub patch_from: Option<String>,
+    /// Why a patch set for the seed's image was not used, or stopped being used.
+    pub patch_note: Option<String>,
     /// Set when [`InstallOptions::save_index`] was asked for and failing: the install itself is
     /// good; the next delta will index the slot instead.
     pub index_save_error: Option<String>,
@@ -229,18 +238,15 @@ fn install(
         ..Progress::default()
     };
     progress(p);
-    let index = reader.read_index(image)?;
-    check_zero_chunks(entry, &index)?;
-    p.fetched_bytes = entry.index.csize;
-    progress(p);
 
-    // --- Plan. ---
-    let (seed_map, seed_index) = match &opts.seed {
+    // --- The seed's index, then the new image's: rebuilt from the seed's with a patch set for
+    // exactly the seed's image, if the bundle has one, else fetched whole. ---
+    let (seed_ix, seed_index) = match &opts.seed {
         Some(seed) => match seed_index(seed, &mut |n| {
             p.seed_indexed_bytes = n;
             progress(p);
         }) {
-            Ok((ix, how)) => (Some(SeedMap::new(&ix)), Some(how)),
+            Ok((ix, how)) => (Some(ix), Some(how)),
             // A seed is an optimisation: without it, the install fetches everything.
             Err(e) => {
                 tracing::warn!(seed = %seed.slot.display(), error = %e, "seed slot unusable; installing in full");
@@ -254,32 +260,79 @@ fn install(
         },
         None => (None, None),
     };
+    let mut patch_note = None;
+    let mut patch = None;
+    if let Some((ps, old)) = seed_ix
+        .as_ref()
+        .and_then(|ix| crate::patch::select(manifest, image, ix))
+    {
+        match crate::patch::load_head(reader, ps, &old, opts.max_gap) {
+            Ok((head, data, data_index, fetched)) => {
+                p.fetched_bytes += fetched;
+                patch = Some((ps, head, data, data_index));
+            }
+            Err(e) => {
+                tracing::warn!(from = %ps.from.version, error = %e, "patch set unusable; installing by block reuse");
+                patch_note = Some(e.to_string());
+            }
+        }
+    }
+    let index = match patch.as_mut() {
+        // Checked against the manifest's index hash in load_head.
+        Some((_, head, _, _)) => {
+            std::mem::replace(&mut head.index, BlockIndex::new(0, Vec::new())?)
+        }
+        None => {
+            let ix = reader.read_index(image)?;
+            p.fetched_bytes += entry.index.csize;
+            ix
+        }
+    };
+    check_zero_chunks(entry, &index)?;
+    progress(p);
+    let seed_map = seed_ix.as_ref().map(SeedMap::new);
+    let index_fetched = p.fetched_bytes;
+
     let plan = plan_delta(entry, &index, seed_map.as_ref());
     let mut fetch = plan.fetch_list();
     let gap = match reader.source.ranges_supported() {
         Some(false) => u64::MAX,
         _ => opts.max_gap,
     };
-    let fetch_planned = entry.index.csize + range_bytes(&coalesce(entry, &fetch, gap));
+    // Chunks the patch's units produce are not fetched (unless a unit fails).
+    let mut patched = std::collections::BTreeSet::new();
+    let mut patch_bytes = 0u64;
+    if let Some((ps, head, data, _)) = &patch {
+        let wanted: std::collections::BTreeSet<usize> = fetch.iter().copied().collect();
+        for s in &head.spans {
+            patched.extend((s.first..s.first + s.count).filter(|i| wanted.contains(i)));
+        }
+        fetch.retain(|i| !patched.contains(i));
+        let units = (ps.units_offset / u64::from(data.chunk_size)) as usize
+            ..(ps.units_offset + ps.units_len).div_ceil(u64::from(data.chunk_size)) as usize;
+        patch_bytes = data.chunks[units].iter().sum();
+    }
+    let fetch_planned = index_fetched + patch_bytes + range_bytes(&coalesce(entry, &fetch, gap));
     p.fetch_total = fetch_planned;
     p.stage = Stage::Reusing;
     progress(p);
 
     // --- Zeros and seed chunks. ---
     let mut mismatches = Vec::new();
+    let mut seed_file = None;
     if let (Some(seed), Some(map)) = (&opts.seed, &seed_map) {
-        let seed_file = File::open(&seed.slot)
+        let f = File::open(&seed.slot)
             .map_err(|e| Error::io("cannot open seed slot", &seed.slot, e))?;
         // Read ahead: seed blocks are mostly read in ascending runs.
         // SAFETY: plain syscall on a file descriptor we own; no memory is passed.
         unsafe {
-            libc::posix_fadvise(seed_file.as_raw_fd(), 0, 0, libc::POSIX_FADV_SEQUENTIAL);
+            libc::posix_fadvise(f.as_raw_fd(), 0, 0, libc::POSIX_FADV_SEQUENTIAL);
         }
         reuse_chunks(
             entry,
             &index,
             &plan,
-            &seed_file,
+            &f,
             &seed.slot,
             map,
             &file,
@@ -291,25 +344,62 @@ fn install(
             },
             &mut mismatches,
         )?;
+        seed_file = Some(f);
     } else {
         write_zero_chunks(entry, &plan, &file, target, &mut |n| {
             p.done_bytes += n;
             progress(p);
         })?;
     }
+
+    // --- Patch units: chunks rebuilt from the seed and small frames, each block checked. ---
+    let mut patched_chunks = 0u64;
+    let mut patch_failed_units = 0u64;
+    if let (Some((ps, _, data, data_index)), Some(seed_f)) = (&patch, &seed_file) {
+        let before = p.fetched_bytes;
+        let outcome = crate::patch::apply_units(
+            reader,
+            ps,
+            data,
+            data_index,
+            entry,
+            &index,
+            &patched,
+            seed_f,
+            opts.max_gap,
+            &mut |i, bytes| {
+                let offset = entry.chunk_offset(i);
+                write_at(&file, bytes, offset, target)?;
+                p.done_bytes += bytes.len() as u64;
+                progress(p);
+                Ok(())
+            },
+        )?;
+        p.fetched_bytes = before + outcome.fetched;
+        patched_chunks = outcome.written.len() as u64;
+        patch_failed_units = outcome.failed_units;
+        if let Some(e) = &outcome.stream_error {
+            tracing::warn!(from = %ps.from.version, error = %e, "patch data unusable; fetching the rest");
+            patch_note = Some(e.clone());
+        }
+        // What the units did not produce is fetched the usual way.
+        mismatches.extend(patched.iter().filter(|i| !outcome.written.contains(i)));
+    }
     if !mismatches.is_empty() {
         tracing::warn!(
             chunks = mismatches.len(),
-            "seed blocks did not match; fetching those chunks"
+            "seed blocks or patch units did not match; fetching those chunks"
         );
         fetch.extend_from_slice(&mismatches);
         fetch.sort_unstable();
-        p.fetch_total = entry.index.csize + range_bytes(&coalesce(entry, &fetch, gap));
+        fetch.dedup();
+        p.fetch_total = p.fetched_bytes + range_bytes(&coalesce(entry, &fetch, gap));
     }
 
     // --- Fetch, verify, write. ---
     p.stage = Stage::Fetching;
     progress(p);
+    let before_fetch = p.fetched_bytes;
     let stats = stream_chunks(reader, entry, &index, &fetch, opts.max_gap, &mut |chunk| {
         let offset = entry.chunk_offset(chunk.index);
         file.write_all_at(chunk.data, offset)
@@ -319,11 +409,11 @@ fn install(
                 source: e,
             })?;
         p.done_bytes += chunk.data.len() as u64;
-        p.fetched_bytes = entry.index.csize + chunk.fetched;
+        p.fetched_bytes = before_fetch + chunk.fetched;
         progress(p);
         Ok(())
     })?;
-    let fetched = entry.index.csize + stats.fetched;
+    let fetched = before_fetch + stats.fetched;
     p.fetched_bytes = fetched;
     let written_at = Instant::now();
     file.sync_all()
@@ -373,6 +463,10 @@ fn install(
         plan,
         seed_index,
         seed_mismatches: mismatches.len() as u64,
+        patched_chunks,
+        patch_failed_units,
+        patch_from: patch.as_ref().map(|(ps, ..)| ps.from.version.clone()),
+        patch_note,
         index_save_error,
         seconds: started.elapsed().as_secs_f64(),
         verify_seconds: written_at.elapsed().as_secs_f64(),

@@ -34,6 +34,7 @@ pub mod index;
 mod install;
 pub mod keys;
 pub mod manifest;
+pub mod patch;
 mod reader;
 mod source;
 mod stream;
@@ -46,7 +47,9 @@ pub const FORMAT_VERSION: u32 = 2;
 pub const DEFAULT_CHUNK_SIZE: u32 = 16 * 1024;
 
 pub use check::PayloadReport;
-pub use create::{CreateOptions, DEFAULT_ZSTD_LEVEL, analyse_image, create_bundle};
+pub use create::{
+    CreateOptions, DEFAULT_ZSTD_LEVEL, analyse_image, create_bundle, create_bundle_with_patches,
+};
 pub use delta::{
     ChunkSource, DEFAULT_MAX_GAP, DeltaPlan, DiffReport, FetchRange, coalesce, diff, plan_delta,
     range_bytes,
@@ -63,6 +66,7 @@ pub use install::{
 };
 pub use keys::{PublicKey, SigningKey, generate_keypair, load_trusted_keys};
 pub use manifest::{ImageEntry, IndexRef, Manifest};
+pub use patch::{PatchSet, PatchedDiff, patched_diff};
 pub use reader::{BundleReader, InstallPolicy, VerifiedBundle};
 pub use source::{HTTP_MAX_RETRIES, OpenOptions, PROGRESS_RESETS_RETRIES};
 

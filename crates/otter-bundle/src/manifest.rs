@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 use crate::FORMAT_VERSION;
 use crate::error::{Error, Result};
 use crate::index::{BLOCK_SIZE, HASH_LEN};
+use crate::patch::PatchSet;
 
 /// Largest accepted chunk size; bounds the memory an install needs per in-flight chunk.
 pub const MAX_CHUNK_SIZE: u32 = 64 * 1024 * 1024;
@@ -34,6 +35,10 @@ pub struct Manifest {
     /// Free-form extra information (e.g. build id, git commit). Signed like the rest.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub metadata: BTreeMap<String, String>,
+    /// Patches against named older images ([`crate::patch`]); optional, so bundles without them
+    /// are byte-identical to before and older readers ignore the field.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub patches: Vec<PatchSet>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -131,6 +136,20 @@ impl Manifest {
             chunk_offset = img
                 .check_chunks(chunk_offset)
                 .map_err(|e| format!("image {:?}: {e}", img.name))?;
+        }
+        if self.patches.len() > crate::patch::MAX_PATCH_SETS {
+            return Err(format!(
+                "{} patch sets, at most {} are allowed",
+                self.patches.len(),
+                crate::patch::MAX_PATCH_SETS
+            ));
+        }
+        let mut data_names = HashSet::new();
+        for (k, p) in self.patches.iter().enumerate() {
+            if !data_names.insert(p.data.as_str()) {
+                return Err(format!("patch set {k}: data image {:?} used twice", p.data));
+            }
+            p.check(self).map_err(|e| format!("patch set {k}: {e}"))?;
         }
         Ok(())
     }
@@ -282,7 +301,7 @@ impl ImageEntry {
     }
 }
 
-fn check_hex_digest(s: &str) -> std::result::Result<(), String> {
+pub(crate) fn check_hex_digest(s: &str) -> std::result::Result<(), String> {
     if s.len() == 64
         && s.bytes()
             .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
@@ -356,6 +375,7 @@ mod tests {
                 chunks: vec![100, 0, 50],
             }],
             metadata: BTreeMap::new(),
+            patches: Vec::new(),
         }
     }
 

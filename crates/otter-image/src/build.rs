@@ -19,6 +19,9 @@ pub struct BuildOptions {
     pub work_dir: Option<PathBuf>,
     /// Also write `<image>.img.zst`.
     pub compress: bool,
+    /// Older releases' bundles (paths or URLs): the bundle carries a patch set for each, so
+    /// devices on exactly those releases download less (`otter_bundle::patch`).
+    pub delta_from: Vec<String>,
 }
 
 #[derive(Debug, serde::Serialize)]
@@ -301,7 +304,14 @@ pub fn build(p: &Project, o: &BuildOptions, log: &mut dyn FnMut(&str)) -> Result
     // 7. Signed bundle of the same root.
     let bundle = o.out_dir.join(format!("{stem}.otb"));
     log(&format!("bundle: {}", bundle.display()));
-    otter_bundle::create_bundle(
+    let delta_from: Vec<&str> = o.delta_from.iter().map(String::as_str).collect();
+    if !delta_from.is_empty() {
+        log(&format!(
+            "bundle: patch sets against {}",
+            delta_from.join(", ")
+        ));
+    }
+    otter_bundle::create_bundle_with_patches(
         &bundle,
         &[("rootfs", root_img.as_path())],
         &otter_bundle::CreateOptions {
@@ -311,6 +321,7 @@ pub fn build(p: &Project, o: &BuildOptions, log: &mut dyn FnMut(&str)) -> Result
             zstd_level: 3,
         },
         &[&signing_key],
+        &delta_from,
     )?;
     mark("bundle", &mut timings);
 

@@ -54,6 +54,7 @@ pub fn run(a: DiffArgs) -> Result<()> {
             .with_context(|| format!("indexing image {}", a.old))?;
         (ix, "image".to_string())
     };
+    let mut new_reader = None;
     let (entry, new_index, header, new_kind) = if is_bundle(&a.new)? {
         let r = otter_bundle::BundleReader::open(&a.new)?;
         let ix = r
@@ -62,12 +63,14 @@ pub fn run(a: DiffArgs) -> Result<()> {
         let Some(e) = r.manifest().image(&a.image) else {
             bail!("{} has no image {:?}", a.new, a.image);
         };
-        (
+        let out = (
             e.clone(),
             ix,
             Some(r.payload_offset()),
             format!("bundle {}", r.manifest().version),
-        )
+        );
+        new_reader = Some(r);
+        out
     } else {
         let opts = otter_bundle::CreateOptions {
             chunk_size: a.chunk_size,
@@ -79,8 +82,15 @@ pub fn run(a: DiffArgs) -> Result<()> {
         (e, ix, None, "image".to_string())
     };
     let d = otter_bundle::diff(&old, &entry, &new_index, a.max_gap);
+    // A device on exactly OLD uses NEW's patch set for it, if NEW carries one.
+    let patched = match &new_reader {
+        Some(r) => otter_bundle::patched_diff(r, &a.image, &old, a.max_gap)
+            .with_context(|| format!("reading the patch set of {} for OLD", a.new))?,
+        None => None,
+    };
     if a.json {
         let mut v = serde_json::to_value(&d)?;
+        v["patched"] = serde_json::to_value(&patched)?;
         v["old"] = a.old.clone().into();
         v["new"] = a.new.clone().into();
         v["chunk_size"] = entry.chunk_size.into();
@@ -123,6 +133,22 @@ pub fn run(a: DiffArgs) -> Result<()> {
         d.percent_of_full,
         mib(d.full_download_bytes)
     );
+    if let Some(pd) = &patched {
+        println!(
+            "patched     {:.2} MiB with NEW's patch set for {}: {:.2} MiB patch data (index patch and {} chunks rebuilt) + {:.2} MiB of {} other chunks in {} request(s){}",
+            mib(pd.download_bytes),
+            pd.from_version,
+            mib(pd.data_index_bytes + pd.data_bytes),
+            pd.patched_chunks,
+            mib(pd.range_bytes),
+            pd.fetch_chunks,
+            pd.requests,
+            match header {
+                Some(h) => format!(", plus the {:.2} MiB bundle header", mib(h)),
+                None => String::new(),
+            }
+        );
+    }
     if header.is_some() {
         println!("note        bundles were read without checking signatures; figures only");
     }

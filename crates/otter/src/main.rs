@@ -48,6 +48,11 @@ enum Cmd {
         /// Do not write the .img.zst.
         #[arg(long)]
         no_compress: bool,
+        /// An older release's bundle (path or URL): the new bundle also carries a patch set
+        /// for devices running exactly that release (much smaller download for them; every
+        /// other device installs from the same bundle by block reuse). Repeat for several.
+        #[arg(long, value_name = "OLD.otb")]
+        delta_from: Vec<String>,
         /// Print the result as JSON.
         #[arg(long)]
         json: bool,
@@ -120,6 +125,10 @@ enum BundleCmd {
         key: Vec<PathBuf>,
         #[arg(long, default_value_t = otter_bundle::DEFAULT_CHUNK_SIZE)]
         chunk_size: u32,
+        /// An older release's bundle (path or URL) to carry a patch set against; repeat for
+        /// several (see `otter build --delta-from`).
+        #[arg(long, value_name = "OLD.otb")]
+        delta_from: Vec<String>,
         #[arg(long, short)]
         out: PathBuf,
     },
@@ -205,6 +214,7 @@ fn run(cli: Cli) -> Result<()> {
             otterd,
             cache,
             no_compress,
+            delta_from,
             json,
         } => {
             let project = otter_config::Project::load(&config)?;
@@ -218,6 +228,7 @@ fn run(cli: Cli) -> Result<()> {
                 cache_dir: cache.unwrap_or_else(default_cache),
                 work_dir: None,
                 compress: !no_compress,
+                delta_from,
             };
             let quiet = json;
             let result = otter_image::build(&project, &opts, &mut |line| {
@@ -313,6 +324,7 @@ fn bundle(cmd: BundleCmd) -> Result<()> {
             compatible,
             key,
             chunk_size,
+            delta_from,
             out,
         } => {
             let keys = key
@@ -320,7 +332,8 @@ fn bundle(cmd: BundleCmd) -> Result<()> {
                 .map(|k| otter_bundle::SigningKey::load(k))
                 .collect::<Result<Vec<_>, _>>()?;
             let refs: Vec<&otter_bundle::SigningKey> = keys.iter().collect();
-            let m = otter_bundle::create_bundle(
+            let from: Vec<&str> = delta_from.iter().map(String::as_str).collect();
+            let m = otter_bundle::create_bundle_with_patches(
                 &out,
                 &[("rootfs", rootfs.as_path())],
                 &otter_bundle::CreateOptions {
@@ -330,7 +343,14 @@ fn bundle(cmd: BundleCmd) -> Result<()> {
                     zstd_level: 3,
                 },
                 &refs,
+                &from,
             )?;
+            for p in &m.patches {
+                println!(
+                    "patch set for {} {} ({} units, data image {})",
+                    p.image, p.from.version, p.units, p.data
+                );
+            }
             println!(
                 "{}: version {}, compatible {}, {} signature(s)",
                 out.display(),
@@ -364,6 +384,12 @@ fn bundle(cmd: BundleCmd) -> Result<()> {
                     img.chunk_size / 1024,
                     zero,
                     stored as f64 / 1048576.0
+                );
+            }
+            for p in &m.patches {
+                println!(
+                    "patch set   {} from {} ({} bytes, sha256 {}): {} units in image {}",
+                    p.image, p.from.version, p.from.size, p.from.sha256, p.units, p.data
                 );
             }
             Ok(())
