@@ -99,7 +99,8 @@ fn artifacts_in_an_s3_bucket_are_served_by_presigned_urls() {
     );
     let listing = String::from_utf8_lossy(&list.bytes).to_string();
     assert!(
-        listing.contains("<Key>fleet/") && listing.contains(&format!("<Size>{}</Size>", bytes.len())),
+        listing.contains("<Key>fleet/")
+            && listing.contains(&format!("<Size>{}</Size>", bytes.len())),
         "bucket listing: {listing}"
     );
 
@@ -112,7 +113,8 @@ fn artifacts_in_an_s3_bucket_are_served_by_presigned_urls() {
     let t = s.poll(&a, None).json();
     let url = t["release"]["url"].as_str().unwrap().to_owned();
     assert!(
-        url.starts_with(&format!("{endpoint}/otter-test/fleet/")) && url.contains("X-Amz-Signature="),
+        url.starts_with(&format!("{endpoint}/otter-test/fleet/"))
+            && url.contains("X-Amz-Signature="),
         "not a presigned URL of the bucket: {url}"
     );
     assert!(s.poll(&b, None).json()["release"].is_null());
@@ -126,6 +128,9 @@ fn artifacts_in_an_s3_bucket_are_served_by_presigned_urls() {
     // is checked against AWS's rules in store.rs's unit test.)
     // The server's own artifact route still serves the targeted device, and only it.
     let own = s.url(&format!("/api/v1/device/artifacts/{rid}"));
-    assert_eq!(call("GET", &own, Some(&a.token), &[], None, "").bytes, bytes);
+    assert_eq!(
+        call("GET", &own, Some(&a.token), &[], None, "").bytes,
+        bytes
+    );
     assert_eq!(call("GET", &own, Some(&b.token), &[], None, "").status, 403);
 }
