@@ -309,7 +309,8 @@ fn render_one(app: &App, name: &str, s: &Service, oneshot: bool) -> Unit {
         "Description=Otter app {} service {name} ({})\n",
         app.name, s.image
     ));
-    t.push_str("Wants=network-online.target\nAfter=network-online.target\n");
+    // Not network-online: apps must start on a device that is offline.
+    t.push_str("After=network.target\n");
     // Podman's storage is on the data partition (under /var).
     t.push_str("RequiresMountsFor=/var/lib/containers\n");
     let mut deps: Vec<&String> = s.depends_on.keys().collect();

@@ -370,6 +370,8 @@ pub fn daemon(paths: &Paths) -> Result<()> {
         }
     };
     crate::log(&situation.to_string());
+    // Apps start whatever the boot is (a trial boot's apps may be what its checks test).
+    crate::apps::spawn_boot(paths);
     match &situation {
         Situation::Trial { slot, .. } => {
             crate::notify::notify(&format!("STATUS=trial boot of slot {slot}"));

@@ -6,8 +6,10 @@
 //! * [`state`]: the agent's record of updates, kept on the data partition.
 //! * [`health`]: the health checks.
 //! * [`provision`]: the device config rendered into `/etc`, at boot and at runtime.
+//! * [`apps`]: container apps (started at boot, `otterd apps`).
 
 pub mod agent;
+pub mod apps;
 pub mod health;
 pub mod install;
 pub mod notify;
