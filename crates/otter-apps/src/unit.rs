@@ -347,16 +347,16 @@ fn render_one(app: &App, name: &str, s: &Service, oneshot: bool) -> Unit {
     // network set up); a pull never happens here (otterd pulls before it starts units).
     t.push_str("TimeoutStartSec=900\nTimeoutStopSec=40\n");
     if s.network_mode == NetworkMode::App {
+        // podman 4.3 has no `network create --ignore`; the second `exists` covers a
+        // sibling service creating it at the same moment.
+        let net = network_name(&app.name);
+        let script = format!(
+            "{PODMAN} network exists {net} || {PODMAN} network create --label=otter.app={} {net} >/dev/null || {PODMAN} network exists {net}",
+            app.name
+        );
         t.push_str(&exec_line(
             "ExecStartPre",
-            &[
-                PODMAN.into(),
-                "network".into(),
-                "create".into(),
-                "--ignore".into(),
-                format!("--label=otter.app={}", app.name),
-                network_name(&app.name),
-            ],
+            &["/bin/sh".into(), "-c".into(), script],
         ));
     }
     for m in &s.volumes {
@@ -650,7 +650,11 @@ volumes:
     fn app_network_is_created() {
         let units = render(&app(FULL));
         let db = unit(&units, "db");
-        assert!(db.text.contains("ExecStartPre=/usr/bin/podman network create --ignore --label=otter.app=shop otter-shop"), "{}", db.text);
+        assert!(
+            db.text.contains("ExecStartPre=/bin/sh -c \"/usr/bin/podman network exists otter-shop || /usr/bin/podman network create --label=otter.app=shop otter-shop >/dev/null || /usr/bin/podman network exists otter-shop\"\n"),
+            "{}",
+            db.text
+        );
     }
 
     #[test]
