@@ -111,7 +111,7 @@ impl Podman {
             podman: crate::unit::PODMAN.into(),
             systemctl: "/usr/bin/systemctl".into(),
             unit_dir: "/run/systemd/system".into(),
-            storage_dir: "/var/lib/containers/storage".into(),
+            storage_dir: crate::unit::GRAPHROOT.into(),
             lock_path: crate::lock::UPDATE_LOCK_PATH.into(),
             lock: None,
             started: Instant::now(),

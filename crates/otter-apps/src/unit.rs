@@ -10,6 +10,14 @@ use std::time::Duration;
 /// Where podman is on a device (Debian's package).
 pub const PODMAN: &str = "/usr/bin/podman";
 
+/// Podman's writable storage: directly on the data partition, not under `/var`, because
+/// `/var` is an overlayfs and overlayfs cannot be the upper layer of podman's overlay driver.
+pub const GRAPHROOT: &str = "/data/containers/storage";
+
+/// The read-only image store in the root image (`additionalimagestores`): the built-in apps'
+/// images, there from the first boot.
+pub const IMAGE_STORE: &str = "/usr/lib/containers/storage";
+
 /// A rendered unit and what it runs.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Unit {
@@ -311,8 +319,7 @@ fn render_one(app: &App, name: &str, s: &Service, oneshot: bool) -> Unit {
     ));
     // Not network-online: apps must start on a device that is offline.
     t.push_str("After=network.target\n");
-    // Podman's storage is on the data partition (under /var).
-    t.push_str("RequiresMountsFor=/var/lib/containers\n");
+    t.push_str(&format!("RequiresMountsFor={GRAPHROOT}\n"));
     let mut deps: Vec<&String> = s.depends_on.keys().collect();
     if let NetworkMode::Service(n) = &s.network_mode
         && !s.depends_on.contains_key(n)
