@@ -257,6 +257,17 @@ mod tests {
     }
 
     #[test]
+    fn the_example_app_is_valid() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../examples/qemu-x86_64-apps/apps/hello");
+        let a = App::load_dir("hello", &dir).unwrap();
+        assert_eq!(
+            a.images().into_iter().collect::<Vec<_>>(),
+            ["localhost/hello:1"]
+        );
+    }
+
+    #[test]
     fn builtin_dir() {
         let d = tempfile::tempdir().unwrap();
         assert!(load_builtin(&d.path().join("none")).unwrap().is_empty());
