@@ -70,6 +70,10 @@ pub struct Current {
     pub applied_at: u64,
     #[serde(default)]
     pub last_apply: Vec<update::AppReport>,
+    /// Apps whose files are not in `/var/lib/otter/apps/<name>` (a built-in app kept as it
+    /// was when another app was applied): name → directory.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub dirs: std::collections::BTreeMap<String, PathBuf>,
 }
 
 fn runtime(ap: &AppPaths) -> Podman {
@@ -118,7 +122,12 @@ pub fn current_apps(paths: &Paths) -> Result<(Source, Vec<App>)> {
         Some(c) if c.source == Source::Applied => {
             let apps = c
                 .set
-                .resolve(&|n| applied_dir(&ap, n))
+                .resolve(&|n| {
+                    c.dirs
+                        .get(n)
+                        .cloned()
+                        .unwrap_or_else(|| applied_dir(&ap, n))
+                })
                 .context("the applied app set in current.json")?;
             Ok((Source::Applied, apps))
         }
@@ -192,15 +201,27 @@ pub fn apply(
     log: update::Log,
 ) -> Result<SetReport> {
     let ap = AppPaths::new(paths);
+    let (_, current) = current_apps(paths)?;
+    // An app that does not change keeps its directory (a built-in app stays where its files
+    // are, and is not restarted); the others get theirs under /var/lib/otter/apps.
+    let kept = |name: &str| -> Option<PathBuf> {
+        let spec = set.apps.iter().find(|s| s.name == name)?;
+        current
+            .iter()
+            .find(|a| a.name == name && a.spec == *spec)
+            .map(|a| a.dir.clone())
+    };
     let target = set
-        .resolve(&|n| applied_dir(&ap, n))
+        .resolve(&|n| kept(n).unwrap_or_else(|| applied_dir(&ap, n)))
         .context("the app set to apply")?;
     if require_pinned {
         AppSet::check_pinned(&target)?;
     }
-    let (_, current) = current_apps(paths)?;
     // The compose files go where the app's relative paths resolve.
     for spec in &set.apps {
+        if kept(&spec.name).is_some() {
+            continue;
+        }
         let dir = applied_dir(&ap, &spec.name);
         std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
         let file = dir.join(otter_apps::app::COMPOSE_FILE);
@@ -217,6 +238,12 @@ pub fn apply(
             },
             applied_at: now(),
             last_apply: report.apps.clone(),
+            dirs: report
+                .running
+                .iter()
+                .filter(|a| a.dir != applied_dir(&ap, &a.name))
+                .map(|a| (a.name.clone(), a.dir.clone()))
+                .collect(),
         },
     )?;
     Ok(report)
@@ -529,6 +556,7 @@ mod tests {
                 },
                 applied_at: 1,
                 last_apply: vec![],
+                dirs: Default::default(),
             },
         )
         .unwrap();
@@ -539,6 +567,67 @@ mod tests {
         std::fs::write(ap.state_dir.join("current.json"), "{").unwrap();
         let e = format!("{:#}", current_apps(&p).unwrap_err());
         assert!(e.contains("damaged"), "{e}");
+    }
+
+    #[test]
+    fn applying_one_app_keeps_the_others_where_they_are() {
+        use otter_apps::update::fake::{Behaviour, Fake};
+        let (_d, p) = setup();
+        let ap = AppPaths::new(&p);
+        for (n, img) in [("a", "reg/a:1"), ("b", "reg/b:1")] {
+            let dir = ap.builtin_dir.join(n);
+            std::fs::create_dir_all(dir.join("conf")).unwrap();
+            std::fs::write(
+                dir.join("compose.yaml"),
+                format!("services:\n  s:\n    image: {img}\n    volumes: [\"./conf:/conf\"]\n"),
+            )
+            .unwrap();
+        }
+        let mut rt = Fake::new();
+        for i in ["reg/a:1", "reg/b:1", "reg/b:2"] {
+            rt.image(i, Behaviour::Good);
+        }
+        rt.local.insert("reg/a:1".into(), "ia".into());
+        rt.local.insert("reg/b:1".into(), "ib".into());
+        let (_, builtin) = current_apps(&p).unwrap();
+        update::start_all(&mut rt, &builtin, &mut |_, _| {});
+        // What `otterd apps apply --name b` builds: a as it is, b replaced.
+        let set = AppSet {
+            apps: vec![
+                builtin[0].spec.clone(),
+                AppSpec {
+                    name: "b".into(),
+                    compose: "services:\n  s:\n    image: reg/b:2\n".into(),
+                    images: Default::default(),
+                },
+            ],
+        };
+        let policy = Policy {
+            settle: Duration::from_secs(1),
+            ..Policy::default()
+        };
+        let r = apply(&p, &set, false, &policy, &mut rt, &mut |_, _| {}).unwrap();
+        assert_eq!(
+            r.apps[0].outcome,
+            update::Outcome::Unchanged,
+            "{:?}",
+            r.apps
+        );
+        assert!(
+            matches!(r.apps[1].outcome, update::Outcome::Updated { .. }),
+            "{:?}",
+            r.apps
+        );
+        let (src, apps) = current_apps(&p).unwrap();
+        assert_eq!(src, Source::Applied);
+        assert_eq!(apps[0].dir, ap.builtin_dir.join("a"));
+        assert_eq!(apps[0].revision, builtin[0].revision);
+        assert_eq!(apps[1].dir, ap.state_dir.join("b"));
+        assert!(ap.state_dir.join("b/compose.yaml").is_file());
+        assert!(!ap.state_dir.join("a").exists());
+        // Pinning is enforced when asked (sets from a server).
+        let e = apply(&p, &set, true, &policy, &mut rt, &mut |_, _| {}).unwrap_err();
+        assert!(format!("{e:#}").contains("not pinned"), "{e:#}");
     }
 
     #[test]
