@@ -131,7 +131,7 @@ impl Podman {
         let out = run(
             self.systemctl().args([
                 "show",
-                "--property=ActiveState,SubState,NRestarts,Result,ExecMainStatus,Type",
+                "--property=ActiveState,SubState,NRestarts,Result,ExecMainStatus,ExecMainStartTimestampMonotonic",
                 unit,
             ]),
             &format!("reading the state of {unit}"),
@@ -163,6 +163,25 @@ impl Podman {
             "unhealthy" => Health::Unhealthy,
             _ => Health::Starting,
         })
+    }
+}
+
+/// A unit's [`Active`] state from its `systemctl show` properties.
+pub fn active_state(props: &std::collections::BTreeMap<String, String>) -> Active {
+    let get = |k: &str| props.get(k).map(String::as_str).unwrap_or("");
+    let never_ran = get("ExecMainStartTimestampMonotonic")
+        .parse::<u64>()
+        .unwrap_or(0)
+        == 0;
+    let status = get("ExecMainStatus").parse::<i32>().unwrap_or(0);
+    match (get("ActiveState"), get("SubState")) {
+        ("inactive", _) if never_ran => Active::Inactive,
+        // A oneshot that finished (RemainAfterExit) counts as running.
+        ("active", "running" | "exited") | ("reloading", _) => Active::Running,
+        ("active", "auto-restart") | ("activating" | "deactivating", _) => Active::Starting,
+        ("failed", _) => Active::Failed,
+        ("inactive", _) => Active::Exited(status),
+        _ => Active::Inactive,
     }
 }
 
@@ -379,22 +398,7 @@ impl Runtime for Podman {
         let p = self.show(&unit.name)?;
         let get = |k: &str| p.get(k).map(String::as_str).unwrap_or("");
         let restarts = get("NRestarts").parse().unwrap_or(0);
-        let active = match (get("ActiveState"), get("SubState")) {
-            ("active", "exited") => Active::Running,
-            ("active", "running") | ("reloading", _) => Active::Running,
-            ("activating", _) | ("deactivating", _) | ("active", "auto-restart") => {
-                Active::Starting
-            }
-            ("failed", _) => Active::Failed,
-            ("inactive", _) if get("Result") == "success" && get("ExecMainStatus") == "0" => {
-                Active::Exited(0)
-            }
-            ("inactive", _) => match get("ExecMainStatus").parse::<i32>() {
-                Ok(code) if get("Result") != "success" || code != 0 => Active::Exited(code),
-                _ => Active::Inactive,
-            },
-            _ => Active::Inactive,
-        };
+        let active = active_state(&p);
         let health = if unit.has_health && active == Active::Running && !unit.runs_once {
             self.health(&unit.container)?
         } else {
@@ -437,6 +441,64 @@ impl Runtime for Podman {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn unit_states() {
+        let st = |props: &[(&str, &str)]| {
+            let map: std::collections::BTreeMap<String, String> = props
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect();
+            active_state(&map)
+        };
+        let started = ("ExecMainStartTimestampMonotonic", "123");
+        assert_eq!(
+            st(&[("ActiveState", "inactive"), ("SubState", "dead")]),
+            Active::Inactive
+        );
+        assert_eq!(
+            st(&[("ActiveState", "active"), ("SubState", "running"), started]),
+            Active::Running
+        );
+        assert_eq!(
+            st(&[("ActiveState", "active"), ("SubState", "exited"), started]),
+            Active::Running
+        );
+        assert_eq!(
+            st(&[("ActiveState", "activating"), ("SubState", "start-pre")]),
+            Active::Starting
+        );
+        assert_eq!(
+            st(&[
+                ("ActiveState", "activating"),
+                ("SubState", "auto-restart"),
+                started
+            ]),
+            Active::Starting
+        );
+        assert_eq!(
+            st(&[("ActiveState", "failed"), ("SubState", "failed"), started]),
+            Active::Failed
+        );
+        assert_eq!(
+            st(&[
+                ("ActiveState", "inactive"),
+                ("SubState", "dead"),
+                ("ExecMainStatus", "0"),
+                started
+            ]),
+            Active::Exited(0)
+        );
+        assert_eq!(
+            st(&[
+                ("ActiveState", "inactive"),
+                ("SubState", "dead"),
+                ("ExecMainStatus", "3"),
+                started
+            ]),
+            Active::Exited(3)
+        );
+    }
 
     #[test]
     fn manifest_sizes() {

@@ -178,11 +178,25 @@ fn scenario() -> Result<()> {
     let state = dev.sh("systemctl is-active otter-app-hello.worker2.service")?;
     ensure!(state.trim() == "active", "worker2 after restart: {state}");
     // The OS health check still commits nothing extra here, but otterd lived through it all.
+    // What podman and friends add to the root (installed sizes, KiB), and the image store.
+    let pkgs = dev.sh(
+        "dpkg-query -W -f '${Installed-Size}\\n' podman crun conmon containers-common golang-github-containers-common \
+         golang-github-containernetworking-plugins golang-github-containernetworking-plugin-dnsname \
+         iptables libgpgme11 libdevmapper1.02.1 libsubid4 dnsmasq-base 2>/dev/null | awk '{s+=$1} END {print s}'; \
+         du -sk /usr/lib/containers/storage | cut -f1",
+    )?;
+    let mut pk = pkgs.split_whitespace();
+    let (pkg_kib, store_kib) = (
+        pk.next().unwrap_or("?").to_string(),
+        pk.next().unwrap_or("?").to_string(),
+    );
     let rss = dev.sh("ps -o rss= -C otterd | head -1")?;
     let mem = dev.sh("free -m | awk '/Mem:/ {print $3}'")?;
     eprintln!(
-        "figures: root image {} MiB (with podman + 1 app image); SSH up after {:.0}s; app serving after {:.0}s; five services up after {:.0}s; otterd RSS {} KiB with 5 services; guest memory used {} MiB",
+        "figures: root image {} MiB (with podman + 1 app image; podman and its packages {} KiB installed, image store {} KiB); SSH up after {:.0}s; app serving after {:.0}s; five services up after {:.0}s; otterd RSS {} KiB with 5 services; guest memory used {} MiB",
         root_size >> 20,
+        pkg_kib,
+        store_kib,
         ssh_up.as_secs_f64(),
         serving.as_secs_f64(),
         all_up.as_secs_f64(),
