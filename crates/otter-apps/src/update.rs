@@ -532,11 +532,10 @@ pub fn status(rt: &mut dyn Runtime, apps: &[App]) -> Vec<ServiceStatus> {
     out
 }
 
-/// A runtime that simulates podman and systemd, for tests here and in crates using this one
-/// (feature `fake`).
+/// A runtime that simulates podman and systemd (images behave as scripted), for tests here
+/// and in crates using this one (feature `fake`).
 #[cfg(any(test, feature = "fake"))]
 pub mod fake {
-    //! A runtime that simulates podman and systemd: images behave as scripted.
     use super::*;
     use crate::runtime::RtResult;
 
