@@ -94,6 +94,8 @@ fn run(cmd: &mut Command, what: &str) -> RtResult<String> {
 /// The real runtime: podman and systemd.
 pub struct Podman {
     pub podman: PathBuf,
+    /// For registry manifests: podman 4.3's `manifest inspect` reads only manifest lists.
+    pub skopeo: PathBuf,
     pub systemctl: PathBuf,
     /// Where unit files are written (`/run/systemd/system`: rewritten at every boot, so an OS
     /// update never meets units of the previous release).
@@ -101,6 +103,11 @@ pub struct Podman {
     /// Where podman keeps images (for the free-space check).
     pub storage_dir: PathBuf,
     pub lock_path: PathBuf,
+    /// Arguments before every podman subcommand (tests point `--root` at a scratch store).
+    pub global_args: Vec<String>,
+    /// `false`: talk plain HTTP / unverified TLS to registries (tests; a device lists its
+    /// insecure registries in /etc/containers/registries.conf instead).
+    pub tls_verify: bool,
     lock: Option<crate::lock::UpdateLock>,
     started: Instant,
 }
@@ -109,17 +116,22 @@ impl Podman {
     pub fn system() -> Podman {
         Podman {
             podman: crate::unit::PODMAN.into(),
+            skopeo: "/usr/bin/skopeo".into(),
             systemctl: "/usr/bin/systemctl".into(),
             unit_dir: "/run/systemd/system".into(),
             storage_dir: crate::unit::GRAPHROOT.into(),
             lock_path: crate::lock::UPDATE_LOCK_PATH.into(),
+            global_args: Vec::new(),
+            tls_verify: true,
             lock: None,
             started: Instant::now(),
         }
     }
 
     fn podman(&self) -> Command {
-        Command::new(&self.podman)
+        let mut c = Command::new(&self.podman);
+        c.args(&self.global_args);
+        c
     }
 
     fn systemctl(&self) -> Command {
@@ -220,8 +232,10 @@ impl Runtime for Podman {
     fn pull_size(&mut self, image: &str) -> RtResult<u64> {
         let what = format!("reading the manifest of {image} from its registry");
         let raw = run(
-            self.podman()
-                .args(["manifest", "inspect", &format!("docker://{image}")]),
+            Command::new(&self.skopeo)
+                .args(["inspect", "--raw"])
+                .arg(format!("--tls-verify={}", self.tls_verify))
+                .arg(format!("docker://{image}")),
             &what,
         )?;
         let v: serde_json::Value =
@@ -244,8 +258,10 @@ impl Runtime for Podman {
             _ => repo,
         };
         let raw = run(
-            self.podman()
-                .args(["manifest", "inspect", &format!("docker://{repo}@{digest}")]),
+            Command::new(&self.skopeo)
+                .args(["inspect", "--raw"])
+                .arg(format!("--tls-verify={}", self.tls_verify))
+                .arg(format!("docker://{repo}@{digest}")),
             &what,
         )?;
         let v: serde_json::Value =
@@ -257,7 +273,7 @@ impl Runtime for Podman {
         use std::io::BufRead;
         let mut child = self
             .podman()
-            .args(["pull", image])
+            .args(["pull", &format!("--tls-verify={}", self.tls_verify), image])
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::piped())
             .spawn()

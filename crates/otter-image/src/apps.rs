@@ -14,13 +14,15 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 /// Packages an image with apps gets: podman and its OCI runtime, CNI plugins (podman 4.3 in
-/// bookworm uses CNI), DNS between an app's services, iptables for published ports.
+/// bookworm uses CNI), DNS between an app's services, iptables for published ports, skopeo.
 pub const APP_PACKAGES: &[&str] = &[
     "podman",
     "crun",
     "golang-github-containernetworking-plugins",
     "golang-github-containernetworking-plugin-dnsname",
     "iptables",
+    // Reads image manifests from registries (sizes for the free-space check).
+    "skopeo",
 ];
 
 /// An `[[apps]]` entry checked and resolved.
