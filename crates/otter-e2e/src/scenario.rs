@@ -49,6 +49,8 @@ pub struct Variant {
     pub deadline_secs: u64,
     /// Built-in container apps (`[[apps]]`).
     pub apps: Vec<VariantApp>,
+    /// Extra files in the root: (path relative to `/`, content).
+    pub files: Vec<(String, String)>,
 }
 
 /// A built-in app of a [`Variant`]: its compose file and the OCI archives of its images.
@@ -117,6 +119,13 @@ impl Workbench {
         let overlay = pdir.join("overlay");
         std::fs::create_dir_all(overlay.join("etc/otter/health.d"))
             .with_context(|| format!("creating {}", overlay.display()))?;
+        for (path, content) in &v.files {
+            let p = overlay.join(path.trim_start_matches('/'));
+            if let Some(d) = p.parent() {
+                std::fs::create_dir_all(d).with_context(|| format!("creating {}", d.display()))?;
+            }
+            std::fs::write(&p, content).with_context(|| format!("writing {}", p.display()))?;
+        }
         for (check, body) in &v.health_checks {
             let p = overlay.join("etc/otter/health.d").join(check);
             std::fs::write(&p, format!("#!/bin/sh\n{body}\n"))
