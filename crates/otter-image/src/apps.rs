@@ -229,7 +229,6 @@ pub fn install(tree: &Path, apps: &[BuiltinApp], log: &mut dyn FnMut(&str)) -> R
         std::fs::write(&fstab, tab).ctx(|| format!("writing {}", fstab.display()))?;
     }
     std::fs::create_dir_all(rel("var/lib/cni")).ctx(|| "creating var/lib/cni".to_string())?;
-    std::fs::create_dir_all(rel(GRAPHROOT)).ctx(|| format!("creating {GRAPHROOT}"))?;
 
     for a in apps {
         copy_app_dir(a, &rel(otter_apps::app::BUILTIN_APPS_DIR).join(&a.name))?;
