@@ -261,7 +261,7 @@ fn scenario() -> Result<()> {
     // What podman and friends add to the root (installed sizes, KiB), and the image store.
     let pkgs = dev.sh(
         "dpkg-query -W -f '${Installed-Size}\\n' podman crun conmon containers-common golang-github-containers-common \
-         golang-github-containernetworking-plugins golang-github-containernetworking-plugin-dnsname \
+         containernetworking-plugins golang-github-containernetworking-plugin-dnsname \
          iptables libgpgme11 libdevmapper1.02.1 libsubid4 dnsmasq-base 2>/dev/null | awk '{s+=$1} END {print s}'; \
          du -sk /usr/lib/containers/storage | cut -f1",
     )?;

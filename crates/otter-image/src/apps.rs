@@ -18,7 +18,7 @@ use std::process::Command;
 pub const APP_PACKAGES: &[&str] = &[
     "podman",
     "crun",
-    "golang-github-containernetworking-plugins",
+    "containernetworking-plugins",
     "golang-github-containernetworking-plugin-dnsname",
     "iptables",
     // Reads image manifests from registries (sizes for the free-space check).
