@@ -108,6 +108,9 @@ pub struct Podman {
     /// `false`: talk plain HTTP / unverified TLS to registries (tests; a device lists its
     /// insecure registries in /etc/containers/registries.conf instead).
     pub tls_verify: bool,
+    /// `registries.conf` and its drop-in directory: registries marked `insecure` there get
+    /// `--tls-verify=false` for skopeo, which does not apply that setting to `inspect`.
+    pub registries_conf: PathBuf,
     lock: Option<crate::lock::UpdateLock>,
     started: Instant,
 }
@@ -123,6 +126,7 @@ impl Podman {
             lock_path: crate::lock::UPDATE_LOCK_PATH.into(),
             global_args: Vec::new(),
             tls_verify: true,
+            registries_conf: "/etc/containers/registries.conf".into(),
             lock: None,
             started: Instant::now(),
         }
@@ -178,6 +182,53 @@ impl Podman {
     }
 }
 
+/// Registry locations marked `insecure = true` in `conf` and `conf`.d/*.conf.
+pub fn insecure_registries(conf: &Path) -> Vec<String> {
+    let mut files = vec![conf.to_path_buf()];
+    if let Ok(entries) = std::fs::read_dir(conf.with_extension("conf.d")) {
+        let mut more: Vec<PathBuf> = entries
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|x| x == "conf"))
+            .collect();
+        more.sort();
+        files.extend(more);
+    }
+    let mut out = Vec::new();
+    for f in files {
+        let Ok(text) = std::fs::read_to_string(&f) else {
+            continue;
+        };
+        let Ok(v) = text.parse::<toml::Table>() else {
+            continue;
+        };
+        for r in v
+            .get("registry")
+            .and_then(|r| r.as_array())
+            .into_iter()
+            .flatten()
+        {
+            if r.get("insecure").and_then(|i| i.as_bool()) == Some(true)
+                && let Some(loc) = r
+                    .get("location")
+                    .or_else(|| r.get("prefix"))
+                    .and_then(|l| l.as_str())
+            {
+                out.push(loc.to_string());
+            }
+        }
+    }
+    out
+}
+
+/// Does `image` come from one of `locations` (`host[:port][/path]` prefixes)?
+pub fn matches_location(image: &str, locations: &[String]) -> bool {
+    locations.iter().any(|l| {
+        image
+            .strip_prefix(l.as_str())
+            .is_some_and(|rest| rest.is_empty() || rest.starts_with(['/', ':', '@']))
+    })
+}
+
 /// A unit's [`Active`] state from its `systemctl show` properties.
 pub fn active_state(props: &std::collections::BTreeMap<String, String>) -> Active {
     let get = |k: &str| props.get(k).map(String::as_str).unwrap_or("");
@@ -231,10 +282,12 @@ impl Runtime for Podman {
 
     fn pull_size(&mut self, image: &str) -> RtResult<u64> {
         let what = format!("reading the manifest of {image} from its registry");
+        let tls_verify = self.tls_verify
+            && !matches_location(image, &insecure_registries(&self.registries_conf));
         let raw = run(
             Command::new(&self.skopeo)
                 .args(["inspect", "--raw"])
-                .arg(format!("--tls-verify={}", self.tls_verify))
+                .args((!tls_verify).then_some("--tls-verify=false"))
                 .arg(format!("docker://{image}")),
             &what,
         )?;
@@ -260,7 +313,7 @@ impl Runtime for Podman {
         let raw = run(
             Command::new(&self.skopeo)
                 .args(["inspect", "--raw"])
-                .arg(format!("--tls-verify={}", self.tls_verify))
+                .args((!tls_verify).then_some("--tls-verify=false"))
                 .arg(format!("docker://{repo}@{digest}")),
             &what,
         )?;
@@ -273,7 +326,10 @@ impl Runtime for Podman {
         use std::io::BufRead;
         let mut child = self
             .podman()
-            .args(["pull", &format!("--tls-verify={}", self.tls_verify), image])
+            .arg("pull")
+            // Only ever to turn it off: an explicit `true` would override registries.conf.
+            .args((!self.tls_verify).then_some("--tls-verify=false"))
+            .arg(image)
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::piped())
             .spawn()
@@ -457,6 +513,31 @@ impl Runtime for Podman {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn insecure_registries_from_conf_and_dropins() {
+        let d = tempfile::tempdir().unwrap();
+        let conf = d.path().join("registries.conf");
+        std::fs::write(
+            &conf,
+            "unqualified-search-registries = [\"docker.io\"]\n[[registry]]\nlocation = \"reg.local:5000\"\ninsecure = true\n[[registry]]\nlocation = \"secure.io\"\n",
+        )
+        .unwrap();
+        std::fs::create_dir(d.path().join("registries.conf.d")).unwrap();
+        std::fs::write(
+            d.path().join("registries.conf.d/50-e2e.conf"),
+            "[[registry]]\nprefix = \"10.0.2.2:5000\"\ninsecure = true\n",
+        )
+        .unwrap();
+        std::fs::write(d.path().join("registries.conf.d/bad.conf"), "[[[").unwrap();
+        let l = insecure_registries(&conf);
+        assert_eq!(l, ["reg.local:5000", "10.0.2.2:5000"]);
+        assert!(matches_location("10.0.2.2:5000/hello:2", &l));
+        assert!(matches_location("reg.local:5000/a/b@sha256:x", &l));
+        assert!(!matches_location("reg.local:50001/a", &l));
+        assert!(!matches_location("secure.io/a:1", &l));
+        assert!(insecure_registries(&d.path().join("none.conf")).is_empty());
+    }
 
     #[test]
     fn unit_states() {
