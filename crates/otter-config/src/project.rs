@@ -19,6 +19,24 @@ pub struct ProjectFile {
     pub rootfs: RootfsSection,
     #[serde(default)]
     pub health: HealthConfig,
+    /// Built-in container apps (`[[apps]]`): in the image, running from first boot.
+    #[serde(default)]
+    pub apps: Vec<AppEntry>,
+}
+
+/// One built-in app: a compose file (its directory is copied into the image with it, for
+/// env files and bind-mounted config) and, optionally, OCI archives holding its images
+/// (otherwise `otter build` pulls them from their registries).
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct AppEntry {
+    pub name: String,
+    /// The app's `compose.yaml`, relative to this file.
+    pub compose: PathBuf,
+    /// OCI archives (`podman save --format oci-archive`, `skopeo copy … oci-archive:…`)
+    /// loaded into the image's read-only image store instead of pulling.
+    #[serde(default)]
+    pub images: Vec<PathBuf>,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
@@ -236,6 +254,35 @@ impl ProjectFile {
             ));
         }
         self.health.validate(path, "health")?;
+        let mut names = std::collections::BTreeSet::new();
+        for (i, a) in self.apps.iter().enumerate() {
+            let key = format!("apps[{i}].name");
+            // Also a systemd unit and container name part: no dots.
+            if !is_simple_name(&a.name) || a.name.len() > 63 {
+                return Err(ConfigError::invalid(
+                    path,
+                    &key,
+                    format!(
+                        "`{}` must be 1-63 characters of a-z, 0-9, - and _ (it names units and containers)",
+                        a.name
+                    ),
+                ));
+            }
+            if !names.insert(a.name.as_str()) {
+                return Err(ConfigError::invalid(
+                    path,
+                    &key,
+                    format!("app `{}` is listed twice", a.name),
+                ));
+            }
+            if a.compose.as_os_str().is_empty() {
+                return Err(ConfigError::invalid(
+                    path,
+                    &format!("apps[{i}].compose"),
+                    "must name the app's compose file",
+                ));
+            }
+        }
         Ok(())
     }
 }
@@ -336,6 +383,42 @@ units = ["ssh.service"]
             let e = Project::load(&p).unwrap_err().to_string();
             assert!(e.contains(&format!("`{key}`")), "{key}: {e}");
         }
+    }
+
+    #[test]
+    fn apps() {
+        let text = format!(
+            "{GOOD}\n[[apps]]\nname = \"hello\"\ncompose = \"apps/hello/compose.yaml\"\nimages = [\"apps/hello/hello.tar\"]\n\n[[apps]]\nname = \"b\"\ncompose = \"b.yaml\"\n"
+        );
+        let (_d, p) = setup(&text);
+        let pr = Project::load(&p).unwrap();
+        assert_eq!(pr.file.apps.len(), 2);
+        assert_eq!(
+            pr.file.apps[0].images,
+            [PathBuf::from("apps/hello/hello.tar")]
+        );
+        assert!(pr.file.apps[1].images.is_empty());
+        for (bad, key) in [
+            (
+                text.replace("name = \"b\"", "name = \"hello\""),
+                "apps[1].name",
+            ),
+            (
+                text.replace("name = \"b\"", "name = \"B.x\""),
+                "apps[1].name",
+            ),
+            (
+                text.replace("compose = \"b.yaml\"", "compose = \"\""),
+                "apps[1].compose",
+            ),
+        ] {
+            let (_d, p) = setup(&bad);
+            let e = Project::load(&p).unwrap_err().to_string();
+            assert!(e.contains(&format!("`{key}`")), "{key}: {e}");
+        }
+        let (_d, p) = setup(&text.replace("images = [", "image = ["));
+        let e = Project::load(&p).unwrap_err().to_string();
+        assert!(e.contains("image"), "{e}");
     }
 
     #[test]

@@ -47,6 +47,18 @@ pub struct Variant {
     /// Executables for `/etc/otter/health.d/`: (name, shell script body).
     pub health_checks: Vec<(String, String)>,
     pub deadline_secs: u64,
+    /// Built-in container apps (`[[apps]]`).
+    pub apps: Vec<VariantApp>,
+    /// Extra files in the root: (path relative to `/`, content).
+    pub files: Vec<(String, String)>,
+}
+
+/// A built-in app of a [`Variant`]: its compose file and the OCI archives of its images.
+#[derive(Debug, Clone, Default)]
+pub struct VariantApp {
+    pub name: String,
+    pub compose: String,
+    pub archives: Vec<PathBuf>,
 }
 
 impl Variant {
@@ -117,6 +129,13 @@ impl Workbench {
         let overlay = pdir.join("overlay");
         std::fs::create_dir_all(overlay.join("etc/otter/health.d"))
             .with_context(|| format!("creating {}", overlay.display()))?;
+        for (path, content) in &v.files {
+            let p = overlay.join(path.trim_start_matches('/'));
+            if let Some(d) = p.parent() {
+                std::fs::create_dir_all(d).with_context(|| format!("creating {}", d.display()))?;
+            }
+            std::fs::write(&p, content).with_context(|| format!("writing {}", p.display()))?;
+        }
         for (check, body) in &v.health_checks {
             let p = overlay.join("etc/otter/health.d").join(check);
             std::fs::write(&p, format!("#!/bin/sh\n{body}\n"))
@@ -157,6 +176,26 @@ units = ["ssh.service"]
                 v.deadline_secs
             },
         );
+        let mut toml = toml;
+        for a in &v.apps {
+            let adir = pdir.join("apps").join(&a.name);
+            std::fs::create_dir_all(&adir)
+                .with_context(|| format!("creating {}", adir.display()))?;
+            std::fs::write(adir.join("compose.yaml"), &a.compose)?;
+            let mut images = Vec::new();
+            for ar in &a.archives {
+                let name = ar.file_name().context("archive without a file name")?;
+                std::fs::copy(ar, adir.join(name))
+                    .with_context(|| format!("copying {}", ar.display()))?;
+                images.push(format!("\"apps/{}/{}\"", a.name, name.to_string_lossy()));
+            }
+            toml.push_str(&format!(
+                "\n[[apps]]\nname = \"{}\"\ncompose = \"apps/{}/compose.yaml\"\nimages = [{}]\n",
+                a.name,
+                a.name,
+                images.join(", ")
+            ));
+        }
         std::fs::write(pdir.join("otter.toml"), toml)?;
         // Boards are found next to the project or in its parents; link the repository's.
         std::os::unix::fs::symlink(&board_dir, pdir.join("boards"))

@@ -97,6 +97,7 @@ pub fn build(p: &Project, o: &BuildOptions, log: &mut dyn FnMut(&str)) -> Result
         ))
     })?;
     let trusted = trusted_keys(p)?;
+    let apps = crate::apps::check(p)?;
     if !o.otterd.is_file() {
         return Err(ImageError::Other(format!(
             "otterd binary {} not found: build it first (cargo build --release -p otterd) or pass --otterd",
@@ -157,6 +158,7 @@ pub fn build(p: &Project, o: &BuildOptions, log: &mut dyn FnMut(&str)) -> Result
                 format!("{} {}", rootfs::INIT_ARG, p.file.kernel.cmdline).trim(),
             )?
             .to_vec(),
+            apps: &apps,
         },
     )?;
     mark("customise", &mut timings);

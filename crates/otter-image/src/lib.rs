@@ -4,6 +4,7 @@
 //! → customised tree (agent, units, read-only root layout) → ext4 root image → FAT boot
 //! partition (GRUB, A/B state) → data partition → GPT disk image → signed bundle → `.img.zst`.
 
+pub mod apps;
 pub mod bmap;
 pub mod bootpart;
 pub mod build;

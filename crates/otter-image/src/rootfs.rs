@@ -68,6 +68,9 @@ impl BaseRecipe {
         packages.push(p.board.kernel_package.clone());
         packages.extend(p.board.packages.iter().cloned());
         packages.extend(d.packages.iter().cloned());
+        if !p.file.apps.is_empty() {
+            packages.extend(crate::apps::APP_PACKAGES.iter().map(|s| s.to_string()));
+        }
         packages.sort();
         packages.dedup();
         let extra_sources = d
@@ -160,6 +163,8 @@ pub struct Customisation<'a> {
     pub release_toml: String,
     pub agent_toml: String,
     pub slot_bootenv: Vec<u8>,
+    /// Built-in apps (checked by [`crate::apps::check`]).
+    pub apps: &'a [crate::apps::BuiltinApp],
 }
 
 /// Extract `tarball` into `tree` (which must not exist yet).
@@ -468,6 +473,9 @@ pub fn customise(tree: &Path, c: &Customisation) -> Result<()> {
     link(tree, "vmlinuz", &format!("boot/{kernel}"))?;
     link(tree, "initrd.img", &format!("boot/{initrd}"))?;
     write(tree, "boot/otter/bootenv", &c.slot_bootenv, 0o644)?;
+
+    // Apps: podman's config, the compose files, the images in the read-only store.
+    crate::apps::install(tree, c.apps, &mut |m| tracing::info!("{m}"))?;
 
     // The user's own files last, so they can override anything above.
     if let Some(overlay) = &p.file.rootfs.overlay {

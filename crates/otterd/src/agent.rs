@@ -376,6 +376,8 @@ pub fn daemon(paths: &Paths) -> Result<()> {
         }
     };
     crate::log(&situation.to_string());
+    // Apps start whatever the boot is (a trial boot's apps may be what its checks test).
+    crate::apps::spawn_boot(paths);
     if !paths.test_mode {
         // The fleet client runs beside the trial: a trial boot must reach the server to commit.
         let p = paths.clone();

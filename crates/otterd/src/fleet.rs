@@ -811,18 +811,13 @@ pub fn run(paths: Paths) {
                 version,
                 reboot_now: true,
             }) => {
-                match crate::take_update_lock(&paths) {
-                    None => crate::log(&format!(
-                        "{version} installed; an app holds the update lock ({}), reboot deferred",
-                        crate::update_lock_path(&paths).display()
-                    )),
-                    Some(_lock) => {
-                        crate::log(&format!("{version} installed; rebooting to try it"));
-                        c.rebooting();
-                        if let Err(e) = crate::agent::reboot(&paths) {
-                            crate::log(&format!("reboot failed: {e:#}"));
-                        }
-                    }
+                crate::log(&format!("{version} installed; rebooting to try it"));
+                c.rebooting();
+                // An app holding the update lock (/run/otter/updates.lock) delays the reboot.
+                if let Err(e) =
+                    crate::apps::reboot_when_unlocked(&paths, crate::apps::REBOOT_LOCK_WAIT)
+                {
+                    crate::log(&format!("reboot failed: {e:#}"));
                 }
                 true
             }

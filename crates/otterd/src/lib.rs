@@ -7,8 +7,10 @@
 //! * [`health`]: the health checks.
 //! * [`provision`]: the device config rendered into `/etc`, at boot and at runtime.
 //! * [`fleet`]: the fleet server client: enroll, poll, install what is targeted, report, logs.
+//! * [`apps`]: container apps (started at boot, `otterd apps`).
 
 pub mod agent;
+pub mod apps;
 pub mod fleet;
 pub mod health;
 pub mod install;
@@ -38,27 +40,4 @@ pub fn now() -> u64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs())
         .unwrap_or(0)
-}
-
-/// The update lock (`/run/otter/updates.lock`): an app that holds it (`flock`) defers the
-/// reboot into an installed update until it lets go.
-pub fn update_lock_path(paths: &Paths) -> std::path::PathBuf {
-    paths.run_dir.join("updates.lock")
-}
-
-/// Take the update lock without waiting: `None` while an app holds it. Held by the agent
-/// (the returned file) while it reboots, so no app starts a critical section in between.
-pub fn take_update_lock(paths: &Paths) -> Option<std::fs::File> {
-    use std::os::fd::AsRawFd;
-    let _ = std::fs::create_dir_all(&paths.run_dir);
-    let f = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .open(update_lock_path(paths))
-        .ok()?;
-    // SAFETY: flock on a descriptor we own; released when the file is dropped.
-    let rc = unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
-    (rc == 0).then_some(f)
 }

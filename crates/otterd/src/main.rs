@@ -53,6 +53,9 @@ enum Cmd {
     /// The device config (otter/device.toml on the boot partition).
     #[command(subcommand)]
     Config(ConfigCmd),
+    /// Container apps: ls, logs, restart, apply.
+    #[command(subcommand)]
+    Apps(otterd::apps::AppsCmd),
     /// Early-boot provisioning (run by /usr/lib/otter/init before systemd).
     #[command(hide = true)]
     Preinit,
@@ -168,7 +171,8 @@ fn run(cli: Cli) -> Result<()> {
                 );
             }
             if reboot {
-                agent::reboot(&paths)?;
+                // An app holding the update lock delays the reboot.
+                otterd::apps::reboot_when_unlocked(&paths, otterd::apps::REBOOT_LOCK_WAIT)?;
             }
             Ok(())
         }
@@ -192,6 +196,7 @@ fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Cmd::Reboot => agent::reboot(&paths),
+        Cmd::Apps(c) => otterd::apps::run_cli(&paths, c),
         Cmd::Preinit => provision::preinit::preinit(&paths),
         Cmd::Config(ConfigCmd::Apply { json }) => {
             let st = provision::apply_from_boot_partition(&paths)?;
