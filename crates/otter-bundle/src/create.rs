@@ -205,6 +205,14 @@ fn make_patch_sets(
         if old_manifest.image(name).is_none() {
             continue;
         }
+        let old_size = old_manifest.image(name).map_or(0, |e| e.size);
+        if !old_size.is_multiple_of(u64::from(BLOCK_SIZE)) {
+            // A device finds the old image by the index of its first from.size bytes, which
+            // must be whole blocks (file system images always are).
+            return Err(Error::InvalidOptions(format!(
+                "--delta-from {src}: image {name:?} is {old_size} bytes, not a whole number of {BLOCK_SIZE} byte blocks; patch sets need block-sized images"
+            )));
+        }
         let (old, old_index, old_entry) = crate::patch::read_image(&reader, name)?;
         let new = crate::patch::read_file(path)?;
         // Payload offsets do not matter for planning; only sizes and chunk lengths do.

@@ -5,8 +5,9 @@
 //! manifest), then zstd frames, one per non-zero chunk (a run of blocks, 64 KiB by default). After
 //! the signature check every block is verified against the index before it is written. A device
 //! that has an older release in its active slot reuses the blocks it already has and fetches only
-//! the chunks it lacks, with HTTP range requests. The format is documented byte by byte in
-//! `docs/bundle-format.md`.
+//! the chunks it lacks, with HTTP range requests. A bundle may also carry patch sets against
+//! named older images ([`patch`]), used only by devices running exactly one of them. The format
+//! is documented byte by byte in `docs/bundle-format.md`.
 //!
 //! ```no_run
 //! # fn main() -> otter_bundle::Result<()> {
