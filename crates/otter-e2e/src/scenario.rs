@@ -410,6 +410,25 @@ impl Device {
         )
     }
 
+    /// `otterd install URL --json ARGS` (no reboot): the install's outcome (version, seconds,
+    /// bytes downloaded and reused, peak memory).
+    pub fn install_json(&self, url: &str, args: &str) -> Result<Value> {
+        let out = self.sh(&format!("otterd install {url} --json {args}"))?;
+        let last = out
+            .lines()
+            .rev()
+            .find(|l| l.contains("\"seconds\""))
+            .unwrap_or("");
+        serde_json::from_str(last).with_context(|| format!("otterd install output:\n{out}"))
+    }
+
+    /// `otterd reboot`, then wait for the device to be back up.
+    pub fn reboot(&mut self) -> Result<()> {
+        let before = self.boot_id()?;
+        let _ = self.ssh.run("otterd reboot");
+        self.wait_rebooted(&before, Duration::from_secs(900))
+    }
+
     /// `otterd install URL --reboot`, then wait for the device to be back up.
     pub fn install_and_reboot(&mut self, url: &str) -> Result<()> {
         let before = self.boot_id()?;

@@ -71,7 +71,15 @@ fn scenarios() -> Result<()> {
     assert_eq!(s["version"], "1.0.0", "{s:#}");
     let first_request = http.requests().len();
     http.reset_bytes_served();
-    dev.install_and_reboot(&guest_url(&http, &v2.bundle))?;
+    let o = dev.install_json(&guest_url(&http, &v2.bundle), "")?;
+    eprintln!(
+        "   delta install in the guest: {:.1} s, peak RSS {} KiB, downloaded {} bytes, reused {} bytes",
+        o["seconds"].as_f64().unwrap_or(0.0),
+        o["peak_rss_kib"],
+        o["delta"]["fetched_bytes"],
+        o["delta"]["reused_bytes"]
+    );
+    dev.reboot()?;
     let s = dev.wait_status("1.1.0 committed", Duration::from_secs(600), |s| {
         phase(s) == "committed"
     })?;
@@ -138,7 +146,20 @@ fn scenarios() -> Result<()> {
     eprintln!("== (b) bad boot -> rollback");
     let mut dev = Device::new(&v1.image, &base.join("dev-b"), &wb.ssh_key)?;
     dev.power_on()?;
-    dev.install_and_reboot(&guest_url(&http, &bad_boot.bundle))?;
+    // A full install (no reuse of the running slot), for the figures next to the delta above.
+    let o = dev.install_json(&guest_url(&http, &bad_boot.bundle), "--no-delta")?;
+    eprintln!(
+        "   full install in the guest: {:.1} s, peak RSS {} KiB, downloaded {} bytes, reused {} bytes",
+        o["seconds"].as_f64().unwrap_or(0.0),
+        o["peak_rss_kib"],
+        o["delta"]["fetched_bytes"],
+        o["delta"]["reused_bytes"]
+    );
+    assert_eq!(
+        o["delta"]["reused_bytes"], 0,
+        "--no-delta reused blocks: {o}"
+    );
+    dev.reboot()?;
     let s = dev.wait_status("rollback of 1.2.0", Duration::from_secs(300), |s| {
         phase(s) == "rolled_back"
     })?;

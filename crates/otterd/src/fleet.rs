@@ -592,6 +592,7 @@ impl Client {
                 self.state.token.clone()
             },
             expect_manifest_digest: Some(target.manifest_digest.clone()),
+            no_delta: false,
         };
         let mut last_report = std::time::Instant::now();
         let paths = self.paths.clone();

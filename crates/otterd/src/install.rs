@@ -24,6 +24,9 @@ pub struct InstallOptions {
     /// The signed manifest's digest the fleet server announced: a bundle with another manifest
     /// is refused before anything is written.
     pub expect_manifest_digest: Option<String>,
+    /// Download every chunk instead of reusing the running slot's blocks (`--no-delta`: for a
+    /// running slot suspected to be damaged, and for measuring).
+    pub no_delta: bool,
 }
 
 #[derive(Debug, Clone, serde::Serialize)]
@@ -34,6 +37,8 @@ pub struct InstallOutcome {
     pub bytes_fetched: u64,
     pub delta: DeltaInfo,
     pub seconds: f64,
+    /// Peak resident memory of this process so far (KiB).
+    pub peak_rss_kib: u64,
 }
 
 pub fn install(
@@ -165,7 +170,7 @@ pub fn install(
         }
     };
     let opts = otter_bundle::InstallOptions {
-        seed: Some(seed),
+        seed: (!o.no_delta).then_some(seed),
         save_index: Some(target_index),
         ..Default::default()
     };
@@ -250,6 +255,7 @@ pub fn install(
         bytes_fetched: report.bytes_fetched,
         delta,
         seconds: report.seconds,
+        peak_rss_kib: peak_rss_kib(),
     })
 }
 
@@ -291,5 +297,16 @@ pub fn progress_line(p: &Progress) -> String {
             mib(p.fetch_total.max(p.fetched_bytes)),
             mib(p.reused_bytes)
         ),
+    }
+}
+
+/// Peak resident set of this process in KiB (`getrusage`).
+fn peak_rss_kib() -> u64 {
+    // SAFETY: getrusage fills the struct we pass.
+    let mut u: libc::rusage = unsafe { std::mem::zeroed() };
+    if unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut u) } == 0 {
+        u.ru_maxrss.max(0) as u64
+    } else {
+        0
     }
 }

@@ -29,6 +29,9 @@ enum Cmd {
         /// Print progress as JSON lines instead of a progress line.
         #[arg(long)]
         json: bool,
+        /// Download everything; do not reuse blocks of the running slot.
+        #[arg(long)]
+        no_delta: bool,
     },
     /// Show boot slots, versions and the update state.
     Status {
@@ -104,6 +107,7 @@ fn run(cli: Cli) -> Result<()> {
             allow_downgrade,
             reboot,
             json,
+            no_delta,
         } => {
             let tty = std::io::stderr().is_terminal();
             let mut last_shown = (String::new(), u64::MAX, u64::MAX);
@@ -142,6 +146,7 @@ fn run(cli: Cli) -> Result<()> {
                 &install::InstallOptions {
                     source,
                     allow_downgrade,
+                    no_delta,
                     ..Default::default()
                 },
                 &mut on_progress,
@@ -154,7 +159,7 @@ fn run(cli: Cli) -> Result<()> {
                 println!("{}", serde_json::to_string(&outcome)?);
             } else {
                 println!(
-                    "installed {} into slot {} ({} MiB in {:.1}s, downloaded {:.1} MiB of {:.1} MiB, {:.1} MiB reused from slot {}); {}",
+                    "installed {} into slot {} ({} MiB in {:.1}s, downloaded {:.1} MiB of {:.1} MiB, {:.1} MiB reused from slot {}, peak memory {} MiB); {}",
                     outcome.version,
                     outcome.slot,
                     outcome.bytes_written >> 20,
@@ -163,6 +168,7 @@ fn run(cli: Cli) -> Result<()> {
                     outcome.delta.full_bytes as f64 / 1048576.0,
                     outcome.delta.reused_bytes as f64 / 1048576.0,
                     outcome.slot.other(),
+                    outcome.peak_rss_kib >> 10,
                     if reboot {
                         "rebooting to try it"
                     } else {
