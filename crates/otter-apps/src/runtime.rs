@@ -63,6 +63,7 @@ pub trait Runtime {
     fn remove_image(&mut self, id: &str) -> RtResult<()>;
     /// Write `units`, delete the unit files named in `remove`, reload systemd.
     fn install_units(&mut self, units: &[Unit], remove: &[String]) -> RtResult<()>;
+    /// Start (queue the start of) a unit; `state` follows it.
     fn start(&mut self, unit: &Unit) -> RtResult<()>;
     fn stop(&mut self, unit: &str) -> RtResult<()>;
     fn state(&mut self, unit: &Unit) -> RtResult<ServiceState>;
@@ -452,7 +453,10 @@ impl Runtime for Podman {
             "reset-failed",
         );
         run(
-            self.systemctl().args(["start", &unit.name]),
+            // Queued, not waited for: a start waiting on a dependency's health would block for
+            // that unit's own timeout; `watch` judges with the update's deadline instead, and
+            // systemd still orders the queued starts by the units' dependencies.
+            self.systemctl().args(["start", "--no-block", &unit.name]),
             &format!("starting {}", unit.name),
         )
         .map(|_| ())

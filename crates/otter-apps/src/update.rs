@@ -266,8 +266,9 @@ pub fn watch(rt: &mut dyn Runtime, units: &[Unit], p: &Policy) -> Result<(), Str
                 Active::Exited(c) => {
                     return fail(&format!("{} exited with status {c}", u.service));
                 }
-                Active::Inactive => return fail(&format!("{} is not running", u.service)),
-                Active::Starting => pending.push(describe(u, &s)),
+                // Its start job is queued behind its dependencies (starts do not block): the
+                // deadline decides.
+                Active::Inactive | Active::Starting => pending.push(describe(u, &s)),
                 Active::Running => match s.health {
                     Health::Unhealthy => {
                         return fail(&format!("{} fails its health check", u.service));
@@ -551,6 +552,8 @@ pub mod fake {
         Slow,
         /// Runs once and exits 0.
         Once,
+        /// Its start stays queued (waiting on a dependency that never becomes healthy).
+        Queued,
     }
 
     #[derive(Default)]
@@ -712,6 +715,11 @@ pub mod fake {
                         Active::Running
                     },
                     restarts: (up.as_secs() / 2) as u32,
+                    health: Health::None,
+                },
+                Behaviour::Queued => ServiceState {
+                    active: Active::Inactive,
+                    restarts: 0,
                     health: Health::None,
                 },
                 Behaviour::Once => ServiceState {
@@ -976,6 +984,36 @@ mod tests {
             o => panic!("{o:?}"),
         }
         assert!(rt.now - t0 >= Duration::from_secs(60));
+    }
+
+    #[test]
+    fn a_start_that_stays_queued_is_judged_by_the_deadline() {
+        let mut rt = fake_with(&[
+            ("reg/db:1", Behaviour::Good),
+            ("reg/web:1", Behaviour::Good),
+            ("reg/web:q", Behaviour::Queued),
+        ]);
+        let v1 = shop("reg/web:1");
+        run(&mut rt, &[], std::slice::from_ref(&v1));
+        let t0 = rt.now;
+        let (r, _) = run(&mut rt, std::slice::from_ref(&v1), &[shop("reg/web:q")]);
+        match &r.apps[0].outcome {
+            Outcome::RolledBack {
+                reason, restored, ..
+            } => {
+                assert!(
+                    reason.contains("not healthy within 60s")
+                        && reason.contains("web: not running"),
+                    "{reason}"
+                );
+                assert!(*restored);
+            }
+            o => panic!("{o:?}"),
+        }
+        assert!(
+            rt.now - t0 < Duration::from_secs(120),
+            "bounded by the deadline"
+        );
     }
 
     #[test]
