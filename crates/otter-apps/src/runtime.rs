@@ -113,6 +113,9 @@ pub struct Podman {
     /// `--tls-verify=false` for skopeo, which does not apply that setting to `inspect`.
     pub registries_conf: PathBuf,
     lock: Option<crate::lock::UpdateLock>,
+    /// Unit → its `ExecMainStartTimestampMonotonic` when we queued its start: until that
+    /// changes, what systemd shows is the previous run's state, not this start's.
+    queued: std::collections::BTreeMap<String, String>,
     started: Instant,
 }
 
@@ -129,6 +132,7 @@ impl Podman {
             tls_verify: true,
             registries_conf: "/etc/containers/registries.conf".into(),
             lock: None,
+            queued: Default::default(),
             started: Instant::now(),
         }
     }
@@ -231,15 +235,19 @@ pub fn matches_location(image: &str, locations: &[String]) -> bool {
 }
 
 /// A unit's [`Active`] state from its `systemctl show` properties.
-pub fn active_state(props: &std::collections::BTreeMap<String, String>) -> Active {
+/// `queued_at`: the unit's `ExecMainStartTimestampMonotonic` when its start was queued; while
+/// it is unchanged and the unit is not active, the start has not begun (it waits on its
+/// dependencies) and the exit status shown is the previous run's.
+pub fn active_state(
+    props: &std::collections::BTreeMap<String, String>,
+    queued_at: Option<&str>,
+) -> Active {
     let get = |k: &str| props.get(k).map(String::as_str).unwrap_or("");
-    let never_ran = get("ExecMainStartTimestampMonotonic")
-        .parse::<u64>()
-        .unwrap_or(0)
-        == 0;
+    let stamp = get("ExecMainStartTimestampMonotonic");
+    let never_ran = stamp.parse::<u64>().unwrap_or(0) == 0 || queued_at == Some(stamp);
     let status = get("ExecMainStatus").parse::<i32>().unwrap_or(0);
     match (get("ActiveState"), get("SubState")) {
-        ("inactive", _) if never_ran => Active::Inactive,
+        ("inactive" | "failed", _) if never_ran => Active::Inactive,
         // A oneshot that finished (RemainAfterExit) counts as running.
         ("active", "running" | "exited") | ("reloading", _) => Active::Running,
         ("active", "auto-restart") | ("activating" | "deactivating", _) => Active::Starting,
@@ -452,6 +460,13 @@ impl Runtime for Podman {
             self.systemctl().args(["reset-failed", &unit.name]),
             "reset-failed",
         );
+        if let Ok(p) = self.show(&unit.name) {
+            let stamp = p
+                .get("ExecMainStartTimestampMonotonic")
+                .cloned()
+                .unwrap_or_default();
+            self.queued.insert(unit.name.clone(), stamp);
+        }
         run(
             // Queued, not waited for: a start waiting on a dependency's health would block for
             // that unit's own timeout; `watch` judges with the update's deadline instead, and
@@ -474,7 +489,7 @@ impl Runtime for Podman {
         let p = self.show(&unit.name)?;
         let get = |k: &str| p.get(k).map(String::as_str).unwrap_or("");
         let restarts = get("NRestarts").parse().unwrap_or(0);
-        let active = active_state(&p);
+        let active = active_state(&p, self.queued.get(&unit.name).map(String::as_str));
         let health = if unit.has_health && active == Active::Running && !unit.runs_once {
             self.health(&unit.container)?
         } else {
@@ -550,7 +565,7 @@ mod tests {
                 .iter()
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect();
-            active_state(&map)
+            active_state(&map, None)
         };
         let started = ("ExecMainStartTimestampMonotonic", "123");
         assert_eq!(
@@ -599,6 +614,18 @@ mod tests {
             ]),
             Active::Exited(3)
         );
+        // Queued behind a dependency: the previous run's exit status is not this start's.
+        let map: std::collections::BTreeMap<String, String> = [
+            ("ActiveState", "inactive"),
+            ("SubState", "dead"),
+            ("ExecMainStatus", "137"),
+            ("ExecMainStartTimestampMonotonic", "123"),
+        ]
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+        assert_eq!(active_state(&map, Some("123")), Active::Inactive);
+        assert_eq!(active_state(&map, Some("100")), Active::Exited(137));
     }
 
     #[test]

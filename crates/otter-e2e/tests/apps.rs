@@ -169,6 +169,28 @@ fn wait_serving(dev: &Device, want: &str, timeout: Duration) -> Result<()> {
     bail!("the app did not serve `{want}` within {timeout:?}; last answer: {last}\n{diag}")
 }
 
+/// Run `otterd apps apply ARGS` detached from the SSH session (under TCG load sshd can miss
+/// its keepalives, and a dropped session must not kill the update); (exit code, output).
+fn apply(dev: &Device, args: &str, timeout: Duration) -> Result<(i32, String)> {
+    dev.sh(&format!(
+        "rm -f /tmp/apply.rc; setsid -f sh -c 'otterd apps apply {args} --json > /tmp/apply.out 2> /tmp/apply.err; echo $? > /tmp/apply.rc' < /dev/null > /dev/null 2>&1"
+    ))?;
+    let start = Instant::now();
+    loop {
+        if let Ok(rc) = dev.sh("cat /tmp/apply.rc 2>/dev/null")
+            && let Ok(code) = rc.trim().parse::<i32>()
+        {
+            let out = dev.sh("cat /tmp/apply.out; echo; cat /tmp/apply.err")?;
+            return Ok((code, out));
+        }
+        ensure!(
+            start.elapsed() < timeout,
+            "otterd apps apply {args} did not finish within {timeout:?}"
+        );
+        std::thread::sleep(Duration::from_secs(5));
+    }
+}
+
 fn scenario() -> Result<()> {
     let base = otter_e2e::test_dir("apps")?;
     let wb = Workbench::new(&base.join("work"))?;
@@ -294,8 +316,15 @@ fn scenario() -> Result<()> {
         compose(&v2, "")
     ))?;
     let t = Instant::now();
-    let out = dev.sh("otterd apps apply /tmp/hello-v2.yaml --name hello --json")?;
-    ensure!(out.contains("\"updated\""), "apply v2: {out}");
+    let (rc, out) = apply(
+        &dev,
+        "/tmp/hello-v2.yaml --name hello",
+        Duration::from_secs(900),
+    )?;
+    ensure!(
+        rc == 0 && out.contains("\"updated\""),
+        "apply v2 ({rc}): {out}"
+    );
     eprintln!(
         "figures: app update (pull + replace 5 services + healthy) took {:.0}s",
         t.elapsed().as_secs_f64()
@@ -319,18 +348,15 @@ fn scenario() -> Result<()> {
         "cat > /tmp/hello-v3.yaml <<'EOF'\n{}\nEOF",
         compose(&v3, "no-such-page")
     ))?;
-    let out = dev
-        .ssh
-        .run("otterd apps apply /tmp/hello-v3.yaml --name hello --deadline 240 --json")?;
-    let text = String::from_utf8_lossy(&out.stdout).to_string();
-    ensure!(
-        !out.status.success(),
-        "a broken version was accepted: {text}"
-    );
+    let (rc, text) = apply(
+        &dev,
+        "/tmp/hello-v3.yaml --name hello --deadline 240",
+        Duration::from_secs(1200),
+    )?;
+    ensure!(rc != 0, "a broken version was accepted: {text}");
     ensure!(
         text.contains("rolled-back") && text.contains("health"),
-        "apply v3: {text}\n{}",
-        String::from_utf8_lossy(&out.stderr)
+        "apply v3: {text}"
     );
     wait_serving(&dev, "hello v2 from the registry", Duration::from_secs(180))?;
     let ls = dev.sh("otterd apps ls --json")?;
