@@ -51,6 +51,9 @@ pub struct Variant {
     pub apps: Vec<VariantApp>,
     /// Extra files in the root: (path relative to `/`, content).
     pub files: Vec<(String, String)>,
+    /// Build only the bundle (`otter build --bundle-only`): a release the tests only install
+    /// as an update needs no disk image (and CI's disk is small).
+    pub bundle_only: bool,
 }
 
 /// A built-in app of a [`Variant`]: its compose file and the OCI archives of its images.
@@ -69,13 +72,36 @@ impl Variant {
             ..Default::default()
         }
     }
+
+    /// This variant, built as a bundle only.
+    pub fn bundle_only(self) -> Variant {
+        Variant {
+            bundle_only: true,
+            ..self
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
 pub struct Release {
     pub version: String,
-    pub image: PathBuf,
+    /// The disk image; `None` for a [`Variant::bundle_only`] build.
+    pub disk_image: Option<PathBuf>,
     pub bundle: PathBuf,
+    /// Size of the root filesystem image in the bundle.
+    pub root_size: u64,
+}
+
+impl Release {
+    /// The disk image, for a release built with one.
+    pub fn image(&self) -> Result<&Path> {
+        self.disk_image.as_deref().with_context(|| {
+            format!(
+                "release {} was built as a bundle only: it has no disk image",
+                self.version
+            )
+        })
+    }
 }
 
 /// Keys, an SSH identity and a project directory; builds releases with `otter build`.
@@ -200,8 +226,8 @@ units = ["ssh.service"]
         // Boards are found next to the project or in its parents; link the repository's.
         std::os::unix::fs::symlink(&board_dir, pdir.join("boards"))
             .with_context(|| format!("linking boards into {}", pdir.display()))?;
-        run(Command::new(&self.otter)
-            .arg("build")
+        let mut cmd = Command::new(&self.otter);
+        cmd.arg("build")
             .arg("--config")
             .arg(pdir.join("otter.toml"))
             .arg("--out")
@@ -210,12 +236,20 @@ units = ["ssh.service"]
             .arg(&self.otterd)
             .arg("--cache")
             .arg(&self.cache)
-            .arg("--no-compress"))?;
-        let stem = format!("{name}-{}-qemu-x86_64", v.version);
+            .args(["--no-compress", "--json"]);
+        if v.bundle_only {
+            cmd.arg("--bundle-only");
+        }
+        let out: Value = serde_json::from_str(&run(&mut cmd)?)
+            .context("parsing the output of otter build --json")?;
+        let path = |key: &str| out[key].as_str().map(PathBuf::from);
         Ok(Release {
             version: v.version.clone(),
-            image: self.out.join(format!("{stem}.img")),
-            bundle: self.out.join(format!("{stem}.otb")),
+            disk_image: path("image"),
+            bundle: path("bundle").context("otter build --json names no bundle")?,
+            root_size: out["root_size"]
+                .as_u64()
+                .context("otter build --json gives no root_size")?,
         })
     }
 }

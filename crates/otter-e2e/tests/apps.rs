@@ -215,10 +215,9 @@ fn scenario() -> Result<()> {
         ..Default::default()
     };
     let release = wb.build("apps", &variant("1.0.0"))?;
-    let root_img = wb.out.join(".work-apps-1.0.0-qemu-x86_64/rootfs.ext4");
-    let root_size = std::fs::metadata(&root_img).map(|m| m.len()).unwrap_or(0);
+    let root_size = release.root_size;
 
-    let mut dev = Device::new(&release.image, &base.join("dev"), &wb.ssh_key)?;
+    let mut dev = Device::new(release.image()?, &base.join("dev"), &wb.ssh_key)?;
     let t0 = Instant::now();
     dev.power_on()?;
     let ssh_up = t0.elapsed();
@@ -370,7 +369,7 @@ fn scenario() -> Result<()> {
     );
 
     // 4. An app holding the update lock delays the reboot into a new OS release.
-    let os2 = wb.build("apps", &variant("1.1.0"))?;
+    let os2 = wb.build("apps", &variant("1.1.0").bundle_only())?;
     let http = otter_e2e::scenario::serve(&wb.out)?;
     let url = otter_e2e::scenario::guest_url(&http, &os2.bundle);
     // `flock --no-fork` execs the command with the lock: killing that one pid releases it.

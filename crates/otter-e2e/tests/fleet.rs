@@ -24,12 +24,13 @@ fn scenario() -> Result<()> {
     let base = otter_e2e::test_dir("fleet")?;
     let wb = Workbench::new(&base.join("work"))?;
     let v1 = wb.build("fleet", &Variant::version("1.0.0"))?;
-    let v11 = wb.build("fleet", &Variant::version("1.1.0"))?;
+    let v11 = wb.build("fleet", &Variant::version("1.1.0").bundle_only())?;
     let v12 = wb.build(
         "fleet",
         &Variant {
             version: "1.2.0".into(),
             kernel_cmdline: "init=/bin/false".into(),
+            bundle_only: true,
             ..Default::default()
         },
     )?;
@@ -48,7 +49,7 @@ fn scenario() -> Result<()> {
     let img = base.join("device.img");
     let st = Command::new("cp")
         .arg("--sparse=always")
-        .arg(&v1.image)
+        .arg(v1.image()?)
         .arg(&img)
         .status()?;
     ensure!(st.success(), "copying the image");

@@ -74,7 +74,7 @@ fn scenario() -> Result<()> {
     let img = base.join("configured.img");
     run(Command::new("cp")
         .arg("--sparse=always")
-        .arg(&release.image)
+        .arg(release.image()?)
         .arg(&img))?;
     let pubkey = std::fs::read_to_string(wb.ssh_key.with_extension("pub"))
         .context("reading the test SSH public key")?;

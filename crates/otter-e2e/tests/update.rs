@@ -36,6 +36,7 @@ fn scenarios() -> Result<()> {
         name,
         &Variant {
             version: "1.1.0".into(),
+            bundle_only: true,
             ..Default::default()
         },
     )?;
@@ -45,6 +46,7 @@ fn scenarios() -> Result<()> {
             version: "1.2.0".into(),
             // The kernel cannot start init: panic, `panic=5` resets, the try counter runs out.
             kernel_cmdline: "init=/bin/false".into(),
+            bundle_only: true,
             ..Default::default()
         },
     )?;
@@ -57,6 +59,7 @@ fn scenarios() -> Result<()> {
                 "echo 'app did not answer on :8080' >&2; exit 1".into(),
             )],
             deadline_secs: 150,
+            bundle_only: true,
             ..Default::default()
         },
     )?;
@@ -64,7 +67,7 @@ fn scenarios() -> Result<()> {
 
     // (a) Install 1.1.0 from HTTP, reboot, health checks commit it on slot B.
     eprintln!("== (a) update 1.0.0 -> 1.1.0");
-    let mut dev = Device::new(&v1.image, &base.join("dev-a"), &wb.ssh_key)?;
+    let mut dev = Device::new(v1.image()?, &base.join("dev-a"), &wb.ssh_key)?;
     dev.power_on()?;
     let s = dev.status()?;
     assert_eq!(s["booted_slot"], "A", "{s:#}");
@@ -144,7 +147,7 @@ fn scenarios() -> Result<()> {
 
     // (b) A release whose kernel cannot start init: back on A by itself, rollback recorded.
     eprintln!("== (b) bad boot -> rollback");
-    let mut dev = Device::new(&v1.image, &base.join("dev-b"), &wb.ssh_key)?;
+    let mut dev = Device::new(v1.image()?, &base.join("dev-b"), &wb.ssh_key)?;
     dev.power_on()?;
     // A full install (no reuse of the running slot), for the figures next to the delta above.
     let o = dev.install_json(&guest_url(&http, &bad_boot.bundle), "--no-delta")?;

@@ -22,23 +22,31 @@ pub struct BuildOptions {
     /// Older releases' bundles (paths or URLs): the bundle carries a patch set for each, so
     /// devices on exactly those releases download less (`otter_bundle::patch`).
     pub delta_from: Vec<String>,
+    /// Write the disk image (and its block map); `false` builds only the update bundle, for a
+    /// release that is only ever installed as an update.
+    pub disk_image: bool,
+    /// Keep the work directory's root filesystem image (`rootfs_image` in the output) for
+    /// benchmarks and `otter bundle create`; by default the whole work directory is removed.
+    pub keep_rootfs: bool,
 }
 
 #[derive(Debug, serde::Serialize)]
 pub struct BuildOutput {
-    pub image: PathBuf,
+    /// The disk image (`None` when only the bundle was built).
+    pub image: Option<PathBuf>,
     pub image_zst: Option<PathBuf>,
     /// Block map of the image (bmaptool format): what `otter flash` / `bmaptool copy` write.
-    pub bmap: PathBuf,
+    pub bmap: Option<PathBuf>,
     pub bundle: PathBuf,
-    pub rootfs_image: PathBuf,
+    /// The root filesystem image, kept only when asked for ([`BuildOptions::keep_rootfs`]).
+    pub rootfs_image: Option<PathBuf>,
     pub version: String,
     pub compatible: String,
     pub base_cached: bool,
     pub root_size: u64,
-    pub image_size: u64,
+    pub image_size: Option<u64>,
     /// Bytes of the image listed in the block map (the rest is never written by a flash).
-    pub image_mapped_size: u64,
+    pub image_mapped_size: Option<u64>,
     pub bundle_size: u64,
     pub image_zst_size: Option<u64>,
     /// (step, seconds)
@@ -201,8 +209,107 @@ pub fn build(p: &Project, o: &BuildOptions, log: &mut dyn FnMut(&str)) -> Result
             fake_time: fs_time,
         },
     )?;
+    // The tree is large and rebuilt each time: gone as soon as the root image holds it.
+    std::fs::remove_dir_all(&tree).ctx(|| format!("removing {}", tree.display()))?;
     mark("root filesystem", &mut timings);
 
+    // 4–6. Boot and data partitions, the disk image and its block map.
+    let disk = if o.disk_image {
+        let d = write_disk(p, &work, &o.out_dir, &stem, &root_img, slot, fs_time, log)?;
+        mark("disk image", &mut timings);
+        Some(d)
+    } else {
+        log("disk: skipped (bundle only)");
+        None
+    };
+
+    // 7. Signed bundle of the same root.
+    let bundle = o.out_dir.join(format!("{stem}.otb"));
+    log(&format!("bundle: {}", bundle.display()));
+    let delta_from: Vec<&str> = o.delta_from.iter().map(String::as_str).collect();
+    if !delta_from.is_empty() {
+        log(&format!(
+            "bundle: patch sets against {}",
+            delta_from.join(", ")
+        ));
+    }
+    otter_bundle::create_bundle_with_patches(
+        &bundle,
+        &[("rootfs", root_img.as_path())],
+        &otter_bundle::CreateOptions {
+            compatible: p.compatible(),
+            version: p.version().to_string(),
+            chunk_size: otter_bundle::DEFAULT_CHUNK_SIZE,
+            zstd_level: 3,
+        },
+        &[&signing_key],
+        &delta_from,
+    )?;
+    mark("bundle", &mut timings);
+
+    // 8. Compressed image for downloads and flashing.
+    let (image_zst, image_zst_size) = if let (true, Some(d)) = (o.compress, &disk) {
+        let zst = o.out_dir.join(format!("{stem}.img.zst"));
+        log(&format!("compress: {}", zst.display()));
+        compress(&d.image, &zst)?;
+        let size = std::fs::metadata(&zst)
+            .ctx(|| format!("stat {}", zst.display()))?
+            .len();
+        mark("compress", &mut timings);
+        (Some(zst), Some(size))
+    } else {
+        (None, None)
+    };
+
+    // The work directory holds a copy of everything in the outputs: keep it only when asked.
+    let rootfs_image = if o.keep_rootfs || o.work_dir.is_some() {
+        Some(root_img)
+    } else {
+        std::fs::remove_dir_all(&work).ctx(|| format!("removing {}", work.display()))?;
+        None
+    };
+    timings.push(("total".into(), started.elapsed().as_secs_f64()));
+    Ok(BuildOutput {
+        image_size: disk.as_ref().map(|d| d.size),
+        bundle_size: std::fs::metadata(&bundle)
+            .ctx(|| format!("stat {}", bundle.display()))?
+            .len(),
+        image_mapped_size: disk.as_ref().map(|d| d.mapped),
+        bmap: disk.as_ref().map(|d| d.bmap.clone()),
+        image: disk.map(|d| d.image),
+        image_zst,
+        image_zst_size,
+        bundle,
+        rootfs_image,
+        version: p.version().to_string(),
+        compatible: p.compatible(),
+        base_cached,
+        root_size,
+        timings,
+    })
+}
+
+/// What [`write_disk`] made.
+struct Disk {
+    image: PathBuf,
+    size: u64,
+    bmap: PathBuf,
+    mapped: u64,
+}
+
+/// Steps 4–6 of [`build`]: the boot partition (GRUB, its script, the A/B state, the device
+/// config template), the data partition, the GPT disk image with the root in slot A, its bmap.
+#[allow(clippy::too_many_arguments)]
+fn write_disk(
+    p: &Project,
+    work: &Path,
+    out_dir: &Path,
+    stem: &str,
+    root_img: &Path,
+    slot: u64,
+    fs_time: u64,
+    log: &mut dyn FnMut(&str),
+) -> Result<Disk> {
     // 4. Boot partition: GRUB, its script, the A/B state.
     log("boot: GRUB and A/B state");
     let grub_efi = work.join("grub.efi");
@@ -260,10 +367,9 @@ pub fn build(p: &Project, o: &BuildOptions, log: &mut dyn FnMut(&str)) -> Result
             fake_time: fs_time,
         },
     )?;
-    mark("boot and data partitions", &mut timings);
 
     // 6. Disk image.
-    let image = o.out_dir.join(format!("{stem}.img"));
+    let image = out_dir.join(format!("{stem}.img"));
     log(&format!("disk: {}", image.display()));
     let parts = vec![
         PartitionSpec {
@@ -276,7 +382,7 @@ pub fn build(p: &Project, o: &BuildOptions, log: &mut dyn FnMut(&str)) -> Result
             label: "otter-root-a".into(),
             type_guid: p.board.root_partition_type().into(),
             size: slot,
-            content: Some(root_img.clone()),
+            content: Some(root_img.to_path_buf()),
         },
         PartitionSpec {
             label: "otter-root-b".into(),
@@ -292,7 +398,7 @@ pub fn build(p: &Project, o: &BuildOptions, log: &mut dyn FnMut(&str)) -> Result
         },
     ];
     disk::assemble(&image, &parts, &p.compatible())?;
-    let bmap_path = o.out_dir.join(format!("{stem}.bmap"));
+    let bmap_path = out_dir.join(format!("{stem}.bmap"));
     let bmap = crate::bmap::Bmap::create(&image)?;
     bmap.write(&bmap_path)?;
     log(&format!(
@@ -301,66 +407,11 @@ pub fn build(p: &Project, o: &BuildOptions, log: &mut dyn FnMut(&str)) -> Result
         bmap.mapped_bytes() >> 20,
         bmap.image_size >> 20
     ));
-    mark("disk image", &mut timings);
-
-    // 7. Signed bundle of the same root.
-    let bundle = o.out_dir.join(format!("{stem}.otb"));
-    log(&format!("bundle: {}", bundle.display()));
-    let delta_from: Vec<&str> = o.delta_from.iter().map(String::as_str).collect();
-    if !delta_from.is_empty() {
-        log(&format!(
-            "bundle: patch sets against {}",
-            delta_from.join(", ")
-        ));
-    }
-    otter_bundle::create_bundle_with_patches(
-        &bundle,
-        &[("rootfs", root_img.as_path())],
-        &otter_bundle::CreateOptions {
-            compatible: p.compatible(),
-            version: p.version().to_string(),
-            chunk_size: otter_bundle::DEFAULT_CHUNK_SIZE,
-            zstd_level: 3,
-        },
-        &[&signing_key],
-        &delta_from,
-    )?;
-    mark("bundle", &mut timings);
-
-    // 8. Compressed image for downloads and flashing.
-    let (image_zst, image_zst_size) = if o.compress {
-        let zst = o.out_dir.join(format!("{stem}.img.zst"));
-        log(&format!("compress: {}", zst.display()));
-        compress(&image, &zst)?;
-        let size = std::fs::metadata(&zst)
-            .ctx(|| format!("stat {}", zst.display()))?
-            .len();
-        mark("compress", &mut timings);
-        (Some(zst), Some(size))
-    } else {
-        (None, None)
-    };
-
-    // The tree is large and rebuilt each time; the root image stays for `otter bundle`.
-    std::fs::remove_dir_all(&tree).ctx(|| format!("removing {}", tree.display()))?;
-    timings.push(("total".into(), started.elapsed().as_secs_f64()));
-    Ok(BuildOutput {
-        image_size: disk::image_size(&parts),
-        bundle_size: std::fs::metadata(&bundle)
-            .ctx(|| format!("stat {}", bundle.display()))?
-            .len(),
+    Ok(Disk {
         image,
-        image_zst,
-        image_zst_size,
+        size: disk::image_size(&parts),
         bmap: bmap_path,
-        image_mapped_size: bmap.mapped_bytes(),
-        bundle,
-        rootfs_image: root_img,
-        version: p.version().to_string(),
-        compatible: p.compatible(),
-        base_cached,
-        root_size,
-        timings,
+        mapped: bmap.mapped_bytes(),
     })
 }
 

@@ -53,6 +53,14 @@ enum Cmd {
         /// other device installs from the same bundle by block reuse). Repeat for several.
         #[arg(long, value_name = "OLD.otb")]
         delta_from: Vec<String>,
+        /// Build only the update bundle (no disk image): for a release that devices only
+        /// ever install as an update.
+        #[arg(long)]
+        bundle_only: bool,
+        /// Keep the root filesystem image (OUT/.work-NAME/rootfs.ext4), e.g. for benchmarks;
+        /// by default the work directory is removed after the build.
+        #[arg(long)]
+        keep_rootfs: bool,
         /// Print the result as JSON.
         #[arg(long)]
         json: bool,
@@ -215,6 +223,8 @@ fn run(cli: Cli) -> Result<()> {
             cache,
             no_compress,
             delta_from,
+            bundle_only,
+            keep_rootfs,
             json,
         } => {
             let project = otter_config::Project::load(&config)?;
@@ -227,8 +237,10 @@ fn run(cli: Cli) -> Result<()> {
                 otterd,
                 cache_dir: cache.unwrap_or_else(default_cache),
                 work_dir: None,
-                compress: !no_compress,
+                compress: !no_compress && !bundle_only,
                 delta_from,
+                disk_image: !bundle_only,
+                keep_rootfs,
             };
             let quiet = json;
             let result = otter_image::build(&project, &opts, &mut |line| {
@@ -239,11 +251,9 @@ fn run(cli: Cli) -> Result<()> {
             if json {
                 println!("{}", serde_json::to_string_pretty(&result)?);
             } else {
-                println!(
-                    "image   {} ({} MiB)",
-                    result.image.display(),
-                    result.image_size >> 20
-                );
+                if let (Some(image), Some(size)) = (&result.image, result.image_size) {
+                    println!("image   {} ({} MiB)", image.display(), size >> 20);
+                }
                 if let (Some(z), Some(s)) = (&result.image_zst, result.image_zst_size) {
                     println!("        {} ({:.1} MiB)", z.display(), s as f64 / 1048576.0);
                 }

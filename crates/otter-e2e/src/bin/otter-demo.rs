@@ -37,12 +37,15 @@ fn run() -> Result<()> {
             ..Default::default()
         },
     )?;
-    say(t0, &format!("image  {}", v1.image.display()));
+    let v1_image = v1.image()?;
+    say(t0, &format!("image  {}", v1_image.display()));
     say(t0, "building release 1.1.0");
     let v2 = wb.build(
         "otter-demo",
         &Variant {
             version: "1.1.0".into(),
+            // Devices only ever install it as an update: no disk image needed.
+            bundle_only: true,
             ..Default::default()
         },
     )?;
@@ -77,10 +80,10 @@ fn run() -> Result<()> {
     let img = device_dir.join("device.img");
     let cp = std::process::Command::new("cp")
         .arg("--sparse=always")
-        .arg(&v1.image)
+        .arg(v1_image)
         .arg(&img)
         .status()?;
-    anyhow::ensure!(cp.success(), "copying {}", v1.image.display());
+    anyhow::ensure!(cp.success(), "copying {}", v1_image.display());
     let guest_server = server.guest_url();
     let configure = std::process::Command::new(&wb.otter)
         .arg("configure")
