@@ -2,7 +2,7 @@
 //! CLI as a user would, and drive a device (one QEMU disk, power-cycled) over SSH.
 
 use crate::{HttpServer, Ssh, Vm, VmOptions, free_port, generate_ssh_key};
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result, bail, ensure};
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -226,6 +226,14 @@ units = ["ssh.service"]
         // Boards are found next to the project or in its parents; link the repository's.
         std::os::unix::fs::symlink(&board_dir, pdir.join("boards"))
             .with_context(|| format!("linking boards into {}", pdir.display()))?;
+        // A kept workbench may hold an earlier build of this version: start from none.
+        let stem = format!("{name}-{}-qemu-x86_64", v.version);
+        for ext in ["img", "bmap", "otb"] {
+            let f = self.out.join(format!("{stem}.{ext}"));
+            if f.exists() {
+                std::fs::remove_file(&f).with_context(|| format!("removing {}", f.display()))?;
+            }
+        }
         let mut cmd = Command::new(&self.otter);
         cmd.arg("build")
             .arg("--config")
@@ -243,6 +251,21 @@ units = ["ssh.service"]
         let out: Value = serde_json::from_str(&run(&mut cmd)?)
             .context("parsing the output of otter build --json")?;
         let path = |key: &str| out[key].as_str().map(PathBuf::from);
+        // What a build leaves behind: its outputs, not its multi-GB scratch space.
+        let work = self.out.join(format!(".work-{stem}"));
+        ensure!(!work.exists(), "otter build left {} behind", work.display());
+        let img = self.out.join(format!("{stem}.img"));
+        ensure!(
+            v.bundle_only != img.exists() && v.bundle_only == path("image").is_none(),
+            "otter build {}: {} (bundle only: {})",
+            v.version,
+            if img.exists() {
+                "wrote a disk image"
+            } else {
+                "wrote no disk image"
+            },
+            v.bundle_only
+        );
         Ok(Release {
             version: v.version.clone(),
             disk_image: path("image"),
