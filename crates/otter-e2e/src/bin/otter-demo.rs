@@ -1,17 +1,48 @@
-//! The demo of the README: build release 1.0.0 and 1.1.0 of an image, start `otter server`,
-//! configure a copy of 1.0.0 with `otter configure` (host name, fleet server, enrollment key),
-//! boot it in QEMU on a bigger disk, let it enroll, roll 1.1.0 out to it from the server, and
-//! show the rollout and the device's status.
+//! The demo of the README: build release 1.0.0 and 1.1.0 of an image with a built-in container
+//! app, start `otter server`, configure a copy of 1.0.0 with `otter configure` (host name, fleet
+//! server, enrollment key), boot it in QEMU on a bigger disk, see the app answer, let the device
+//! enroll, roll 1.1.0 out to it from the server, and show the rollout and the device's status.
 
 use anyhow::{Context, Result};
 use otter_e2e::fleet::FleetServer;
-use otter_e2e::scenario::{Device, Variant, Workbench, phase};
+use otter_e2e::scenario::{Device, Variant, VariantApp, Workbench, phase, workspace_root};
 use std::time::{Duration, Instant};
 
 fn main() {
     if let Err(e) = run() {
         eprintln!("otter-demo: error: {e:#}");
         std::process::exit(1);
+    }
+}
+
+/// The demo's app: busybox httpd on port 8080, with a health check.
+const HELLO_COMPOSE: &str = r#"services:
+  web:
+    image: localhost/hello:1
+    restart: always
+    ports: ["8080:8080"]
+    healthcheck:
+      test: ["CMD", "wget", "-q", "-O-", "http://127.0.0.1:8080/"]
+      interval: 10s
+      retries: 3
+    mem_limit: 32m
+"#;
+
+/// What the app answers on the device's port 8080 (bash's /dev/tcp: the image has no curl).
+const GET: &str = "bash -c 'exec 3<>/dev/tcp/127.0.0.1/8080 && printf \"GET / HTTP/1.0\\r\\n\\r\\n\" >&3 && cat <&3' | tail -1";
+
+fn app_answer(dev: &Device, timeout: Duration) -> Result<String> {
+    let start = Instant::now();
+    loop {
+        match dev.sh(GET) {
+            Ok(out) if out.contains("hello") => return Ok(out.trim().to_string()),
+            other => anyhow::ensure!(
+                start.elapsed() < timeout,
+                "the app did not answer on :8080 within {timeout:?} ({other:?}); otterd apps ls:\n{}",
+                dev.sh("otterd apps ls").unwrap_or_default()
+            ),
+        }
+        std::thread::sleep(Duration::from_secs(3));
     }
 }
 
@@ -26,29 +57,34 @@ fn run() -> Result<()> {
     let t0 = Instant::now();
     let dir = otter_e2e::scenario::workspace_root().join("target/demo");
     let wb = Workbench::new(&dir)?;
+    // The app: a tiny web server image made without a container engine (umoci, skopeo).
+    let archive = dir.join("hello.tar");
+    let st = std::process::Command::new(workspace_root().join("scripts/make-app-image"))
+        .arg(&archive)
+        .arg("localhost/hello:1")
+        .arg("hello from a container app built into the image")
+        .status()
+        .context("running scripts/make-app-image")?;
+    anyhow::ensure!(st.success(), "scripts/make-app-image failed");
+    let with_app = |version: &str| Variant {
+        version: version.into(),
+        apps: vec![VariantApp {
+            name: "hello".into(),
+            compose: HELLO_COMPOSE.into(),
+            archives: vec![archive.clone()],
+        }],
+        ..Default::default()
+    };
     say(
         t0,
         "building release 1.0.0 (the first build makes the Debian base: a few minutes)",
     );
-    let v1 = wb.build(
-        "otter-demo",
-        &Variant {
-            version: "1.0.0".into(),
-            ..Default::default()
-        },
-    )?;
+    let v1 = wb.build("otter-demo", &with_app("1.0.0"))?;
     let v1_image = v1.image()?;
     say(t0, &format!("image  {}", v1_image.display()));
     say(t0, "building release 1.1.0");
-    let v2 = wb.build(
-        "otter-demo",
-        &Variant {
-            version: "1.1.0".into(),
-            // Devices only ever install it as an update: no disk image needed.
-            bundle_only: true,
-            ..Default::default()
-        },
-    )?;
+    // Devices only ever install 1.1.0 as an update: no disk image needed.
+    let v2 = wb.build("otter-demo", &with_app("1.1.0").bundle_only())?;
     say(t0, &format!("bundle {}", v2.bundle.display()));
 
     // The fleet server on this machine, with zero configuration but a data folder of its own.
@@ -128,6 +164,14 @@ fn run() -> Result<()> {
             dev.sh("df -h --output=size /data | tail -1")?.trim(),
         ),
     );
+    say(
+        t0,
+        &format!(
+            "the built-in app runs (no network needed: its image is in the root); it answers `{}`; otterd apps ls:\n{}",
+            app_answer(&dev, Duration::from_secs(600))?,
+            dev.sh("otterd apps ls")?.trim_end()
+        ),
+    );
     server.wait(
         "the device to enroll",
         Duration::from_secs(300),
@@ -184,6 +228,13 @@ fn run() -> Result<()> {
         &format!(
             "`otterd status` on the device:\n{}",
             dev.sh("otterd status")?
+        ),
+    );
+    say(
+        t0,
+        &format!(
+            "the app runs on 1.1.0 too: `{}`",
+            app_answer(&dev, Duration::from_secs(600))?
         ),
     );
     let rss = dev.sh("ps -o rss= -C otterd | head -1")?;
