@@ -134,6 +134,57 @@ impl FleetServer {
         }
         bail!("timed out after {timeout:?} waiting for {what} {last_err}")
     }
+
+    /// Wait until a device named `name` (any device for `None`) is accepted; its id.
+    pub fn wait_enrolled(&self, name: Option<&str>, timeout: Duration) -> Result<String> {
+        self.wait(
+            "the device to enroll",
+            timeout,
+            || Ok(()),
+            || {
+                let list = self.otter_json(&["devices", "ls"])?;
+                Ok(list.as_array().and_then(|a| {
+                    a.iter()
+                        .find(|d| d["status"] == "accepted" && name.is_none_or(|n| d["name"] == n))
+                        .and_then(|d| d["id"].as_str().map(str::to_string))
+                }))
+            },
+        )
+    }
+
+    /// `otter rollout create VERSION --phases 100 --soak 0 EXTRA…`: one phase for every
+    /// targeted device, no soak; the rollout's id.
+    pub fn rollout_all(&self, version: &str, extra: &[&str]) -> Result<String> {
+        let mut args = vec![
+            "rollout", "create", version, "--phases", "100", "--soak", "0",
+        ];
+        args.extend_from_slice(extra);
+        let ro = self.otter_json(&args)?;
+        ro["id"]
+            .as_str()
+            .map(str::to_string)
+            .with_context(|| format!("otter rollout create gave no id: {ro}"))
+    }
+
+    /// Wait until rollout `id` is in `state` (calling `between` while waiting, e.g. to power
+    /// a rebooted VM on); its `otter rollout status --json`.
+    pub fn wait_rollout(
+        &self,
+        id: &str,
+        state: &str,
+        timeout: Duration,
+        between: impl FnMut() -> Result<()>,
+    ) -> Result<Value> {
+        self.wait(
+            &format!("rollout {id} to be {state}"),
+            timeout,
+            between,
+            || {
+                let r = self.otter_json(&["rollout", "status", id])?;
+                Ok((r["state"] == state).then_some(r))
+            },
+        )
+    }
 }
 
 impl Drop for FleetServer {

@@ -68,19 +68,7 @@ fn scenario() -> Result<()> {
 
     let mut dev = Device::new(&img, &base.join("device"), &wb.ssh_key)?;
     dev.power_on()?;
-    let device_id = server.wait(
-        "the device to enroll",
-        Duration::from_secs(300),
-        || Ok(()),
-        || {
-            let list = server.otter_json(&["devices", "ls"])?;
-            Ok(list.as_array().and_then(|a| {
-                a.iter()
-                    .find(|d| d["name"] == "fleet-gw" && d["status"] == "accepted")
-                    .and_then(|d| d["id"].as_str().map(str::to_string))
-            }))
-        },
-    )?;
+    let device_id = server.wait_enrolled(Some("fleet-gw"), Duration::from_secs(300))?;
     eprintln!("fleet: device {device_id} enrolled");
     let shown = server.otter_json(&["devices", "show", &device_id])?;
     ensure!(shown["os_version"] == "1.0.0", "device: {shown}");
@@ -88,29 +76,11 @@ fn scenario() -> Result<()> {
     // Roll 1.1.0 out; the device installs it, reboots, commits after its health checks.
     server.otter(&["release", "upload", &v11.bundle.display().to_string()])?;
     server.otter(&["release", "upload", &v12.bundle.display().to_string()])?;
-    let ro = server.otter_json(&[
-        "rollout",
-        "create",
-        "1.1.0",
-        "--phases",
-        "100",
-        "--soak",
-        "0",
-        "--success",
-        "1",
-        "--failure",
-        "0.5",
-    ])?;
-    let ro_id = ro["id"].as_str().context("rollout id")?.to_string();
-    server.wait(
-        "the 1.1.0 rollout to complete",
-        Duration::from_secs(1200),
-        || dev.keep_alive(),
-        || {
-            let r = server.otter_json(&["rollout", "status", &ro_id])?;
-            Ok((r["state"] == "completed").then_some(()))
-        },
-    )?;
+    let thresholds = ["--success", "1", "--failure", "0.5"];
+    let ro_id = server.rollout_all("1.1.0", &thresholds)?;
+    server.wait_rollout(&ro_id, "completed", Duration::from_secs(1200), || {
+        dev.keep_alive()
+    })?;
     let status = dev.wait_status(
         "1.1.0 committed on the device",
         Duration::from_secs(300),
@@ -142,29 +112,10 @@ fn scenario() -> Result<()> {
 
     // A broken 1.2.0: the kernel panics, GRUB falls back, the device reports the rollback,
     // the rollout pauses itself.
-    let ro2 = server.otter_json(&[
-        "rollout",
-        "create",
-        "1.2.0",
-        "--phases",
-        "100",
-        "--soak",
-        "0",
-        "--success",
-        "1",
-        "--failure",
-        "0.5",
-    ])?;
-    let ro2_id = ro2["id"].as_str().context("rollout id")?.to_string();
-    let paused = server.wait(
-        "the 1.2.0 rollout to pause itself",
-        Duration::from_secs(1200),
-        || dev.keep_alive(),
-        || {
-            let r = server.otter_json(&["rollout", "status", &ro2_id])?;
-            Ok((r["state"] == "paused").then_some(r))
-        },
-    )?;
+    let ro2_id = server.rollout_all("1.2.0", &thresholds)?;
+    let paused = server.wait_rollout(&ro2_id, "paused", Duration::from_secs(1200), || {
+        dev.keep_alive()
+    })?;
     ensure!(
         paused["reason"]
             .as_str()

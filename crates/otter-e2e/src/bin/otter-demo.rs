@@ -172,18 +172,7 @@ fn run() -> Result<()> {
             dev.sh("otterd apps ls")?.trim_end()
         ),
     );
-    server.wait(
-        "the device to enroll",
-        Duration::from_secs(300),
-        || Ok(()),
-        || {
-            let list = server.otter_json(&["devices", "ls"])?;
-            Ok(list
-                .as_array()
-                .is_some_and(|a| a.iter().any(|d| d["status"] == "accepted"))
-                .then_some(()))
-        },
-    )?;
+    server.wait_enrolled(None, Duration::from_secs(300))?;
     say(
         t0,
         &format!(
@@ -192,10 +181,7 @@ fn run() -> Result<()> {
         ),
     );
     server.otter(&["release", "upload", &v2.bundle.display().to_string()])?;
-    let ro = server.otter_json(&[
-        "rollout", "create", "1.1.0", "--phases", "100", "--soak", "0",
-    ])?;
-    let ro_id = ro["id"].as_str().context("rollout id")?.to_string();
+    let ro_id = server.rollout_all("1.1.0", &[])?;
     say(
         t0,
         "otter release upload …1.1.0….otb; otter rollout create 1.1.0 --phases 100 --soak 0",
@@ -204,15 +190,9 @@ fn run() -> Result<()> {
         t0,
         "the device downloads 1.1.0 from the server (delta), reboots into slot B, runs its health checks, commits",
     );
-    server.wait(
-        "the rollout to complete",
-        Duration::from_secs(1200),
-        || dev.keep_alive(),
-        || {
-            let r = server.otter_json(&["rollout", "status", &ro_id])?;
-            Ok((r["state"] == "completed").then_some(()))
-        },
-    )?;
+    server.wait_rollout(&ro_id, "completed", Duration::from_secs(1200), || {
+        dev.keep_alive()
+    })?;
     dev.wait_status("1.1.0 committed", Duration::from_secs(600), |s| {
         phase(s) == "committed"
     })?;
