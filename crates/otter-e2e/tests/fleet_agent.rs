@@ -231,15 +231,7 @@ fn agent_enrolls_installs_a_rollout_commits_and_reports_a_rollback() {
     // A rollout of 1.1.0: installed from the server's artifact URL with the device token.
     let image = fleet.release("1.1.0", 3);
     let ro = fleet.rollout("1.1.0");
-    let start = Instant::now();
-    let outcome = loop {
-        match c.cycle().unwrap() {
-            CycleOutcome::Idle if start.elapsed() < Duration::from_secs(20) => {
-                std::thread::sleep(Duration::from_millis(300))
-            }
-            o => break o,
-        }
-    };
+    let outcome = cycle_until_busy(&mut c);
     assert_eq!(
         outcome,
         CycleOutcome::Installed {
@@ -281,15 +273,7 @@ fn agent_enrolls_installs_a_rollout_commits_and_reports_a_rollback() {
     // A broken 1.2.0: installed into A, tried, never comes up; GRUB falls back to B.
     fleet.release("1.2.0", 5);
     let ro2 = fleet.rollout("1.2.0");
-    let start = Instant::now();
-    let outcome = loop {
-        match c.cycle().unwrap() {
-            CycleOutcome::Idle if start.elapsed() < Duration::from_secs(20) => {
-                std::thread::sleep(Duration::from_millis(300))
-            }
-            o => break o,
-        }
-    };
+    let outcome = cycle_until_busy(&mut c);
     assert!(
         matches!(outcome, CycleOutcome::Installed { .. }),
         "{outcome:?}"
@@ -398,4 +382,18 @@ fn unreachable_server_is_an_error_naming_it_and_state_is_kept() {
     let st = FleetState::load(&paths);
     assert!(st.last_error.unwrap().contains("unreachable"));
     assert!(otterd::fleet::commit_allowed(&paths).is_err());
+}
+
+/// Poll until the client does something other than idle (the server may take a moment to
+/// target a new rollout at the device), for at most 20 s; what it did.
+fn cycle_until_busy(c: &mut Client) -> CycleOutcome {
+    let start = Instant::now();
+    loop {
+        match c.cycle().unwrap() {
+            CycleOutcome::Idle if start.elapsed() < Duration::from_secs(20) => {
+                std::thread::sleep(Duration::from_millis(300))
+            }
+            o => return o,
+        }
+    }
 }
