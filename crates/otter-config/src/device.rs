@@ -74,6 +74,10 @@ pub struct HealthConfig {
     /// Boot attempts of a new slot before the boot loader falls back (1 = tried once).
     #[serde(default = "default_tries")]
     pub boot_tries: u8,
+    /// Every service of the device's container apps must run (and be healthy, if it has a
+    /// health check): an OS release that breaks the apps rolls back.
+    #[serde(default = "default_apps")]
+    pub apps: bool,
 }
 
 fn default_deadline() -> u64 {
@@ -85,6 +89,9 @@ fn default_check_timeout() -> u64 {
 fn default_tries() -> u8 {
     1
 }
+fn default_apps() -> bool {
+    true
+}
 
 impl Default for HealthConfig {
     fn default() -> Self {
@@ -93,6 +100,7 @@ impl Default for HealthConfig {
             units: Vec::new(),
             check_timeout_secs: default_check_timeout(),
             boot_tries: default_tries(),
+            apps: default_apps(),
         }
     }
 }

@@ -204,6 +204,9 @@ fn scenario() -> Result<()> {
             compose: compose("localhost/hello:1", ""),
             archives: vec![archive.clone()],
         }],
+        // An OS update commits once the five services are up (they count in its health
+        // checks): minutes under TCG on a loaded machine.
+        deadline_secs: 900,
         // The test registry speaks plain HTTP.
         files: vec![(
             "etc/containers/registries.conf.d/50-e2e.conf".into(),

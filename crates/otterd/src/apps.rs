@@ -302,6 +302,15 @@ pub enum AppsCmd {
     },
 }
 
+/// The state of every service of the apps the device runs now (none without apps).
+pub fn service_status(paths: &Paths) -> Result<Vec<update::ServiceStatus>> {
+    let (_, apps) = current_apps(paths)?;
+    if apps.is_empty() {
+        return Ok(Vec::new());
+    }
+    Ok(update::status(&mut runtime(&AppPaths::new(paths)), &apps))
+}
+
 /// Units of `target` (`APP` or `APP.SERVICE`) in start order.
 fn units_of(apps: &[App], target: &str) -> Result<Vec<unit::Unit>> {
     let (app, svc) = match target.split_once('.') {
@@ -373,8 +382,8 @@ pub fn run_cli(paths: &Paths, cmd: AppsCmd) -> Result<()> {
     let ap = AppPaths::new(paths);
     match cmd {
         AppsCmd::Ls { json } => {
-            let (source, apps) = current_apps(paths)?;
-            let rows = update::status(&mut runtime(&ap), &apps);
+            let (source, _) = current_apps(paths)?;
+            let rows = service_status(paths)?;
             if json {
                 println!(
                     "{}",

@@ -3,7 +3,9 @@
 //! 2. every unit wanted by `otter-health.target` and every unit listed in the agent config is
 //!    active;
 //! 3. the agent's own checks: boot state readable, state directory writable;
-//! 4. every executable in `/etc/otter/health.d/` exits 0 within its time limit.
+//! 4. every executable in `/etc/otter/health.d/` exits 0 within its time limit;
+//! 5. every service of the container apps the device runs is running, and healthy if it has a
+//!    health check (unless `[health] apps = false`).
 
 use crate::Paths;
 use otter_config::HealthConfig;
@@ -75,11 +77,52 @@ pub fn check(paths: &Paths, cfg: &HealthConfig) -> HealthReport {
         paths,
         Duration::from_secs(cfg.check_timeout_secs),
     ));
+    if cfg.apps && !paths.test_mode {
+        match crate::apps::service_status(paths) {
+            Ok(rows) => {
+                let (f, p) = app_failures(&rows);
+                failures.extend(f);
+                pending |= p;
+            }
+            Err(e) => failures.push(format!("apps: {e:#}")),
+        }
+    }
     HealthReport {
         healthy: failures.is_empty(),
         failures,
         pending,
     }
+}
+
+/// What keeps the apps' services from counting as healthy (one line each), and whether that
+/// can still change (a service still starting).
+pub fn app_failures(rows: &[otter_apps::update::ServiceStatus]) -> (Vec<String>, bool) {
+    use otter_apps::runtime::{Active, Health};
+    let mut failures = Vec::new();
+    let mut pending = false;
+    for r in rows {
+        let name = format!("app service {}.{}", r.app, r.service);
+        let Some(st) = &r.state else {
+            failures.push(format!(
+                "{name}: state unknown ({})",
+                r.error.as_deref().unwrap_or("no answer from systemd")
+            ));
+            continue;
+        };
+        match (st.active, st.health) {
+            // A job that ran to completion (`restart: "no"`, exit 0) did its work.
+            (Active::Running, Health::None | Health::Healthy) | (Active::Exited(0), _) => {}
+            (Active::Running, Health::Starting) | (Active::Starting, _) => {
+                pending = true;
+                failures.push(format!("{name} is starting"));
+            }
+            (Active::Running, Health::Unhealthy) => failures.push(format!("{name} is unhealthy")),
+            (Active::Exited(code), _) => failures.push(format!("{name} exited with {code}")),
+            (Active::Failed, _) => failures.push(format!("{name} failed")),
+            (Active::Inactive, _) => failures.push(format!("{name} is not running")),
+        }
+    }
+    (failures, pending)
 }
 
 /// Run the executables of the health.d directory in name order; return one line per failure.
@@ -198,6 +241,64 @@ mod tests {
         assert!(
             f[1].contains("30-slow") && f[1].contains("did not finish"),
             "{f:?}"
+        );
+    }
+
+    #[test]
+    fn app_services_must_run_and_be_healthy() {
+        use otter_apps::runtime::{Active, Health, ServiceState};
+        use otter_apps::update::ServiceStatus;
+        let row = |svc: &str, state: Option<(Active, Health)>| ServiceStatus {
+            app: "shop".into(),
+            service: svc.into(),
+            unit: format!("otter-app-shop.{svc}.service"),
+            image: "localhost/shop:1".into(),
+            revision: "r1".into(),
+            state: state.map(|(active, health)| ServiceState {
+                active,
+                restarts: 0,
+                health,
+            }),
+            error: state.is_none().then(|| "systemctl timed out".to_string()),
+        };
+        let good = [
+            row("web", Some((Active::Running, Health::Healthy))),
+            row("worker", Some((Active::Running, Health::None))),
+            row("migrate", Some((Active::Exited(0), Health::None))),
+        ];
+        assert_eq!(app_failures(&good), (vec![], false));
+        assert_eq!(app_failures(&[]), (vec![], false));
+
+        let (f, pending) = app_failures(&[
+            row("web", Some((Active::Running, Health::Starting))),
+            row("db", Some((Active::Starting, Health::None))),
+        ]);
+        assert!(pending);
+        assert_eq!(
+            f,
+            [
+                "app service shop.web is starting",
+                "app service shop.db is starting"
+            ]
+        );
+
+        let (f, pending) = app_failures(&[
+            row("web", Some((Active::Running, Health::Unhealthy))),
+            row("job", Some((Active::Exited(2), Health::None))),
+            row("db", Some((Active::Failed, Health::None))),
+            row("cache", Some((Active::Inactive, Health::None))),
+            row("queue", None),
+        ]);
+        assert!(!pending);
+        assert_eq!(
+            f,
+            [
+                "app service shop.web is unhealthy",
+                "app service shop.job exited with 2",
+                "app service shop.db failed",
+                "app service shop.cache is not running",
+                "app service shop.queue: state unknown (systemctl timed out)",
+            ]
         );
     }
 }
