@@ -244,8 +244,9 @@ fn create_overlay(
 }
 
 /// Resolve `Auto` to `Kvm` or `Tcg`; check that an explicit `Kvm` is usable. KVM is usable when
-/// the guest has the host's architecture, `/dev/kvm` opens read-write and QEMU starts a paused
-/// KVM machine without failing (nested KVM can fail right at start, e.g. "failed to set MSR").
+/// the guest has the host's architecture, `/dev/kvm` opens read-write and QEMU runs the UEFI
+/// firmware under KVM for a moment without failing (nested KVM can fail right at start, e.g.
+/// "failed to set MSR", or on the firmware's first instructions).
 /// The probe result is cached for the process.
 pub fn resolve_accel(arch: Arch, accel: Accel) -> Result<Accel> {
     match accel {
@@ -283,32 +284,75 @@ fn probe_kvm(arch: Arch) -> std::result::Result<(), String> {
         .write(true)
         .open("/dev/kvm")
         .map_err(|e| format!("cannot open /dev/kvm: {e}"))?;
-    let mut child = Command::new(arch.qemu_binary())
-        .args(["-accel", "kvm", "-machine", arch.machine(), "-cpu", "host"])
-        .args(["-m", "64", "-smp", "1", "-nodefaults", "-S"])
-        .args(["-display", "none", "-monitor", "none", "-serial", "none"])
+    // Run the UEFI firmware for a moment, not just a paused machine: nested KVM can start fine
+    // and then fail on the firmware's first instructions ("KVM internal error. Suberror: 1,
+    // emulation failure", seen on a cloud VM whose /dev/kvm opens). QEMU stays alive then, so
+    // the verdict is read from its stderr.
+    let scratch = tempfile::tempdir().map_err(|e| format!("KVM probe scratch dir: {e}"))?;
+    let err_path = scratch.path().join("stderr");
+    let err_file =
+        std::fs::File::create(&err_path).map_err(|e| format!("KVM probe stderr file: {e}"))?;
+    let mut cmd = Command::new(arch.qemu_binary());
+    cmd.args(["-accel", "kvm", "-machine", arch.machine(), "-cpu", "host"])
+        .args(["-m", "128", "-smp", "1", "-nodefaults"])
+        .args(["-display", "none", "-monitor", "none", "-serial", "none"]);
+    let window = match crate::firmware::find_ovmf(arch) {
+        Ok(fw) => {
+            let vars = scratch.path().join("vars.fd");
+            std::fs::copy(&fw.vars_template, &vars)
+                .map_err(|e| format!("copying {}: {e}", fw.vars_template.display()))?;
+            cmd.arg("-drive")
+                .arg(opt(
+                    "if=pflash,format=raw,unit=0,readonly=on,file=",
+                    &fw.code,
+                    "",
+                ))
+                .arg("-drive")
+                .arg(opt("if=pflash,format=raw,unit=1,file=", &vars, ""));
+            Duration::from_millis(2500)
+        }
+        // No firmware to run: at least the machine must start.
+        Err(_) => {
+            cmd.arg("-S");
+            Duration::from_millis(1500)
+        }
+    };
+    let mut child = cmd
         .stdin(Stdio::null())
         .stdout(Stdio::null())
-        .stderr(Stdio::piped())
+        .stderr(err_file)
         .spawn()
         .map_err(|e| format!("cannot run {}: {e}", arch.qemu_binary()))?;
-    let deadline = Instant::now() + Duration::from_millis(1500);
+    let first_error = || {
+        let err = std::fs::read_to_string(&err_path).unwrap_or_default();
+        err.lines().next().unwrap_or("").trim().to_string()
+    };
+    let deadline = Instant::now() + window;
     loop {
         match child.try_wait() {
             Ok(Some(status)) => {
-                let mut err = String::new();
-                if let Some(mut s) = child.stderr.take() {
-                    let _ = s.read_to_string(&mut err);
+                return Err(format!(
+                    "QEMU KVM probe exited with {status}: {}",
+                    first_error()
+                ));
+            }
+            Ok(None) => {
+                let err = std::fs::read_to_string(&err_path).unwrap_or_default();
+                if err.contains("KVM internal error") || err.contains("emulation failure") {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    return Err(format!(
+                        "the firmware does not run under KVM: {}",
+                        first_error()
+                    ));
                 }
-                let first = err.lines().next().unwrap_or("").trim().to_string();
-                return Err(format!("QEMU KVM probe exited with {status}: {first}"));
+                if Instant::now() >= deadline {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    return Ok(());
+                }
+                std::thread::sleep(Duration::from_millis(50));
             }
-            Ok(None) if Instant::now() >= deadline => {
-                let _ = child.kill();
-                let _ = child.wait();
-                return Ok(());
-            }
-            Ok(None) => std::thread::sleep(Duration::from_millis(50)),
             Err(e) => {
                 let _ = child.kill();
                 let _ = child.wait();
