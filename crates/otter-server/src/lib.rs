@@ -21,6 +21,7 @@ pub mod db;
 mod device_api;
 pub mod error;
 pub mod openapi;
+pub mod app_releases;
 pub mod releases;
 pub mod rollouts;
 pub mod store;
