@@ -12,6 +12,7 @@
 //! ```
 
 pub mod fleet;
+pub mod registry;
 mod http;
 pub mod scenario;
 mod serial;

@@ -273,10 +273,12 @@ pub async fn create(st: &AppState, actor: &str, spec: CreateRollout) -> ApiResul
     };
 
     // Devices in an unfinished rollout (of the same kind) are not taken by another one.
-    let busy_rows = sqlx::query(&format!(
-        "SELECT d.id FROM devices d JOIN rollouts r ON r.id = d.{} WHERE r.state IN ('active', 'paused')",
-        c.rollout
-    ))
+    // Every device of such a rollout counts, also those of phases not started yet.
+    let busy_rows = sqlx::query(
+        "SELECT rd.device_id AS id FROM rollout_devices rd JOIN rollouts r ON r.id = rd.rollout_id \
+         WHERE r.state IN ('active', 'paused') AND r.kind = $1",
+    )
+    .bind(kind.as_str())
     .fetch_all(&st.db.read)
     .await?;
     let mut busy = std::collections::HashSet::new();
