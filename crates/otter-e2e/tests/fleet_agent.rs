@@ -399,3 +399,192 @@ fn unreachable_server_is_an_error_naming_it_and_state_is_kept() {
     assert!(st.last_error.unwrap().contains("unreachable"));
     assert!(otterd::fleet::commit_allowed(&paths).is_err());
 }
+
+/// A fake podman/systemd (`otter_apps::update::fake`) the test can look into while the agent
+/// uses it.
+#[derive(Clone)]
+struct SharedFake(std::sync::Arc<std::sync::Mutex<otter_apps::update::fake::Fake>>);
+
+impl SharedFake {
+    fn with<T>(&self, f: impl FnOnce(&mut otter_apps::update::fake::Fake) -> T) -> T {
+        f(&mut self.0.lock().unwrap())
+    }
+}
+
+impl otter_apps::runtime::Runtime for SharedFake {
+    fn has_image(&mut self, image: &str) -> Result<bool, String> {
+        self.with(|f| f.has_image(image))
+    }
+    fn pull_size(&mut self, image: &str) -> Result<u64, String> {
+        self.with(|f| f.pull_size(image))
+    }
+    fn pull(&mut self, image: &str, progress: &mut dyn FnMut(&str)) -> Result<(), String> {
+        self.with(|f| f.pull(image, progress))
+    }
+    fn free_space(&mut self) -> Result<u64, String> {
+        self.with(|f| f.free_space())
+    }
+    fn removable_images(&mut self) -> Result<Vec<otter_apps::runtime::ImageInfo>, String> {
+        self.with(|f| f.removable_images())
+    }
+    fn remove_image(&mut self, id: &str) -> Result<(), String> {
+        self.with(|f| f.remove_image(id))
+    }
+    fn install_units(
+        &mut self,
+        units: &[otter_apps::unit::Unit],
+        remove: &[String],
+    ) -> Result<(), String> {
+        self.with(|f| f.install_units(units, remove))
+    }
+    fn start(&mut self, unit: &otter_apps::unit::Unit) -> Result<(), String> {
+        self.with(|f| f.start(unit))
+    }
+    fn stop(&mut self, unit: &str) -> Result<(), String> {
+        self.with(|f| f.stop(unit))
+    }
+    fn state(
+        &mut self,
+        unit: &otter_apps::unit::Unit,
+    ) -> Result<otter_apps::runtime::ServiceState, String> {
+        self.with(|f| f.state(unit))
+    }
+    fn try_lock(&mut self) -> Result<bool, String> {
+        self.with(|f| f.try_lock())
+    }
+    fn unlock(&mut self) {
+        self.with(|f| f.unlock())
+    }
+    fn elapsed(&mut self) -> Duration {
+        self.with(|f| f.elapsed())
+    }
+    fn sleep(&mut self, d: Duration) {
+        self.with(|f| f.sleep(d))
+    }
+}
+
+const GOOD: &str =
+    "reg.example.com/shop@sha256:1111111111111111111111111111111111111111111111111111111111111111";
+const BROKEN: &str =
+    "reg.example.com/shop@sha256:2222222222222222222222222222222222222222222222222222222222222222";
+
+fn app_set(image: &str) -> Value {
+    json!({"apps": [{"name": "shop", "compose": format!(
+        "services:\n  web:\n    image: {image}\n    healthcheck:\n      test: [\"CMD\", \"true\"]\n      interval: 2s\n"
+    )}]})
+}
+
+fn cycle_until_apps(c: &mut Client) -> CycleOutcome {
+    let start = Instant::now();
+    loop {
+        match c.cycle().unwrap() {
+            CycleOutcome::Idle if start.elapsed() < Duration::from_secs(20) => {
+                std::thread::sleep(Duration::from_millis(300))
+            }
+            o => return o,
+        }
+    }
+}
+
+#[test]
+fn agent_applies_an_app_rollout_without_reboot_and_reports_a_rollback() {
+    use otter_apps::update::fake::{Behaviour, Fake};
+    use otter_proto::AppPhase;
+    let dir = tempfile::tempdir().unwrap();
+    let fleet = start_server(dir.path());
+    let fleet_key = fleet.post("/api/v1/admin/enrollment-keys", json!({"name": "test"}))["key"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let paths = device(dir.path(), &fleet.base, &fleet_key);
+    let fake = SharedFake(std::sync::Arc::new(std::sync::Mutex::new(Fake::new())));
+    fake.with(|f| {
+        f.image(GOOD, Behaviour::Good);
+        f.image(BROKEN, Behaviour::Unhealthy);
+    });
+    let mut c = Client::new(&paths, server_cfg(&paths)).unwrap();
+    c.set_apps_runtime(Box::new(fake.clone()));
+    c.apps_policy.settle = Duration::from_secs(5);
+    assert_eq!(c.cycle().unwrap(), CycleOutcome::Idle);
+    let id = FleetState::load(&paths).device_id;
+    // No apps on the device: nothing reported about them.
+    let dev = fleet.get(&format!("/api/v1/admin/devices/{id}"));
+    assert!(dev["apps"].is_null(), "{dev}");
+
+    // App release 1.0 rolled out: pulled and started in the agent, no reboot, reported.
+    let up = |version: &str, set: Value| {
+        ureq::post(&format!("{}/api/v1/admin/app-releases", fleet.base))
+            .set("Authorization", &format!("Bearer {}", fleet.admin))
+            .send_json(json!({"version": version, "set": set}))
+    };
+    let a1 = up("1.0", app_set(GOOD)).unwrap().into_json::<Value>().unwrap();
+    let rollout = |v: &str| {
+        fleet.post(
+            "/api/v1/admin/rollouts",
+            json!({"app_release": v, "phases": [{"percent": 100}],
+                   "success_threshold": 1.0, "failure_threshold": 0.5}),
+        )["id"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    let ro1 = rollout("1.0");
+    assert_eq!(
+        cycle_until_apps(&mut c),
+        CycleOutcome::Apps {
+            version: "1.0".into(),
+            phase: AppPhase::Applied
+        }
+    );
+    assert!(fake.with(|f| f.calls.iter().any(|x| x == &format!("pull {GOOD}"))));
+    assert!(!paths.state_dir.join("reboot-requested").exists());
+    fleet.wait_rollout(&ro1, "completed");
+    let dev = fleet.get(&format!("/api/v1/admin/devices/{id}"));
+    let apps = &dev["apps"];
+    assert_eq!(apps["source"], "release", "{dev}");
+    assert_eq!(apps["app_release_id"], a1["id"]);
+    assert_eq!(apps["version"], "1.0");
+    assert_eq!(apps["last_apply"]["phase"], "applied");
+    assert_eq!(apps["last_apply"]["apps"][0]["result"], "installed");
+    assert_eq!(apps["services"][0]["service"], "web");
+    assert_eq!(apps["services"][0]["state"], "running");
+    assert_eq!(apps["services"][0]["health"], "healthy");
+    assert_eq!(apps["services"][0]["image"], GOOD);
+    // Applied: the next cycles leave it alone.
+    let pulls = fake.with(|f| f.calls.len());
+    assert_eq!(c.cycle().unwrap(), CycleOutcome::Idle);
+    assert_eq!(fake.with(|f| f.calls.len()), pulls);
+
+    // A broken 2.0 (its health check fails): rolled back to 1.0 by itself, the failure
+    // reported, the rollout pauses; the failed target is not tried again.
+    up("2.0", app_set(BROKEN)).unwrap();
+    let ro2 = rollout("2.0");
+    match cycle_until_apps(&mut c) {
+        CycleOutcome::Apps { version, phase } => {
+            assert_eq!((version.as_str(), phase), ("2.0", AppPhase::RolledBack))
+        }
+        o => panic!("{o:?}"),
+    }
+    let paused = fleet.wait_rollout(&ro2, "paused");
+    let why = paused["failures"][0]["reason"].as_str().unwrap_or_default();
+    assert!(why.contains("rolled back") && why.contains("unhealthy"), "{paused}");
+    let dev = fleet.get(&format!("/api/v1/admin/devices/{id}"));
+    assert_eq!(dev["apps"]["version"], "1.0", "{dev}");
+    assert_eq!(dev["apps"]["last_apply"]["phase"], "rolled_back");
+    assert_eq!(dev["apps"]["services"][0]["image"], GOOD);
+    fleet.post(&format!("/api/v1/admin/rollouts/{ro2}/resume"), json!({}));
+    let calls = fake.with(|f| f.calls.len());
+    for _ in 0..3 {
+        assert_eq!(c.cycle().unwrap(), CycleOutcome::Idle);
+    }
+    assert_eq!(fake.with(|f| f.calls.len()), calls, "the failed app release was retried");
+
+    // An unpinned set never reaches a device: the server refuses it.
+    let e = up("3.0", app_set("reg.example.com/shop:3")).unwrap_err();
+    match e {
+        ureq::Error::Status(400, r) => {
+            assert!(r.into_string().unwrap().contains("not pinned by digest"))
+        }
+        e => panic!("{e}"),
+    }
+}
