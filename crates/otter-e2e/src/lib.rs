@@ -12,8 +12,8 @@
 //! ```
 
 pub mod fleet;
-pub mod registry;
 mod http;
+pub mod registry;
 pub mod scenario;
 mod serial;
 mod ssh;

@@ -71,7 +71,10 @@ impl Registry {
             String::from_utf8_lossy(&out.stderr)
         );
         let d = String::from_utf8_lossy(&out.stdout).trim().to_string();
-        ensure!(d.starts_with("sha256:"), "skopeo inspect {name}: digest {d:?}");
+        ensure!(
+            d.starts_with("sha256:"),
+            "skopeo inspect {name}: digest {d:?}"
+        );
         Ok(d)
     }
 }

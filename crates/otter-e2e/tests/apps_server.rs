@@ -97,7 +97,10 @@ fn scenario() -> Result<()> {
             ..Default::default()
         },
     )?;
-    eprintln!("apps_server: image built after {:.0}s", t0.elapsed().as_secs_f64());
+    eprintln!(
+        "apps_server: image built after {:.0}s",
+        t0.elapsed().as_secs_f64()
+    );
 
     let server = FleetServer::start(
         &wb.otter,
@@ -152,13 +155,17 @@ fn scenario() -> Result<()> {
         || {
             let d = server.otter_json(&["devices", "show", &device_id])?;
             let ok = d["apps"]["source"] == "builtin"
-                && d["apps"]["services"]
-                    .as_array()
-                    .is_some_and(|s| s.iter().any(|s| s["service"] == "web" && s["health"] == "healthy"));
+                && d["apps"]["services"].as_array().is_some_and(|s| {
+                    s.iter()
+                        .any(|s| s["service"] == "web" && s["health"] == "healthy")
+                });
             Ok(ok.then_some(()))
         },
     )?;
-    ensure!(serving(&dev, "hello from a built-in app"), "the built-in app does not serve");
+    ensure!(
+        serving(&dev, "hello from a built-in app"),
+        "the built-in app does not serve"
+    );
 
     // An app set whose image is given by tag is refused on upload, naming the service.
     let v2_tag = {
@@ -182,11 +189,7 @@ fn scenario() -> Result<()> {
     );
 
     // The same image pinned by digest: uploaded, rolled out.
-    let pinned = format!(
-        "10.0.2.2:{}/hello@{}",
-        reg.port,
-        reg.digest("hello:2")?
-    );
+    let pinned = format!("10.0.2.2:{}/hello@{}", reg.port, reg.digest("hello:2")?);
     let set = base.join("set-2.json");
     std::fs::write(
         &set,
@@ -204,7 +207,9 @@ fn scenario() -> Result<()> {
     ensure!(ar["images"][0] == pinned.as_str(), "app release: {ar}");
     let listed = server.otter_json(&["app-release", "ls"])?;
     ensure!(
-        listed.as_array().is_some_and(|l| l.iter().any(|r| r["version"] == "2.0.0")),
+        listed
+            .as_array()
+            .is_some_and(|l| l.iter().any(|r| r["version"] == "2.0.0")),
         "otter app-release ls: {listed}"
     );
     let boot_id = dev.boot_id()?;
@@ -245,7 +250,10 @@ fn scenario() -> Result<()> {
         dev.boot_id()? == boot_id,
         "the device rebooted for the app update"
     );
-    ensure!(serving(&dev, "hello v2 from the server"), "v2 does not serve");
+    ensure!(
+        serving(&dev, "hello v2 from the server"),
+        "v2 does not serve"
+    );
     let d = server.otter_json(&["devices", "show", &device_id])?;
     let apps = &d["apps"];
     ensure!(
@@ -257,9 +265,9 @@ fn scenario() -> Result<()> {
     let services = apps["services"].as_array().cloned().unwrap_or_default();
     ensure!(
         !services.is_empty()
-            && services
-                .iter()
-                .all(|s| s["state"] == "running" && s["health"] == "healthy" && s["image"] == pinned.as_str()),
+            && services.iter().all(|s| s["state"] == "running"
+                && s["health"] == "healthy"
+                && s["image"] == pinned.as_str()),
         "services: {apps:#}"
     );
     let text = server.otter(&["devices", "show", &device_id])?;

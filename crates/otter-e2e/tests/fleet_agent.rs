@@ -517,7 +517,10 @@ fn agent_applies_an_app_rollout_without_reboot_and_reports_a_rollback() {
             .set("Authorization", &format!("Bearer {}", fleet.admin))
             .send_json(json!({"version": version, "set": set}))
     };
-    let a1 = up("1.0", app_set(GOOD)).unwrap().into_json::<Value>().unwrap();
+    let a1 = up("1.0", app_set(GOOD))
+        .unwrap()
+        .into_json::<Value>()
+        .unwrap();
     let rollout = |v: &str| {
         fleet.post(
             "/api/v1/admin/rollouts",
@@ -567,7 +570,10 @@ fn agent_applies_an_app_rollout_without_reboot_and_reports_a_rollback() {
     }
     let paused = fleet.wait_rollout(&ro2, "paused");
     let why = paused["failures"][0]["reason"].as_str().unwrap_or_default();
-    assert!(why.contains("rolled back") && why.contains("unhealthy"), "{paused}");
+    assert!(
+        why.contains("rolled back") && why.contains("unhealthy"),
+        "{paused}"
+    );
     let dev = fleet.get(&format!("/api/v1/admin/devices/{id}"));
     assert_eq!(dev["apps"]["version"], "1.0", "{dev}");
     assert_eq!(dev["apps"]["last_apply"]["phase"], "rolled_back");
@@ -577,7 +583,11 @@ fn agent_applies_an_app_rollout_without_reboot_and_reports_a_rollback() {
     for _ in 0..3 {
         assert_eq!(c.cycle().unwrap(), CycleOutcome::Idle);
     }
-    assert_eq!(fake.with(|f| f.calls.len()), calls, "the failed app release was retried");
+    assert_eq!(
+        fake.with(|f| f.calls.len()),
+        calls,
+        "the failed app release was retried"
+    );
 
     // An unpinned set never reaches a device: the server refuses it.
     let e = up("3.0", app_set("reg.example.com/shop:3")).unwrap_err();

@@ -428,10 +428,9 @@ mod tests {
         // A report of an agent without apps, and a target of a server without app releases.
         let r: StateReport = serde_json::from_str(r#"{"os_version":"1.0"}"#).unwrap();
         assert!(r.apps.is_none());
-        let t: TargetState = serde_json::from_str(
-            r#"{"device_id":"d","release":null,"poll_interval_secs":30}"#,
-        )
-        .unwrap();
+        let t: TargetState =
+            serde_json::from_str(r#"{"device_id":"d","release":null,"poll_interval_secs":30}"#)
+                .unwrap();
         assert!(t.apps.is_none());
         // No app target: the answer looks as it did before.
         let j = serde_json::to_string(&t).unwrap();

@@ -7,9 +7,9 @@ use axum::extract::{DefaultBodyLimit, Path, Query, State};
 use axum::http::StatusCode;
 use axum::routing::{get, post};
 use otter_proto::admin::{
-    AddTrustedKey, AppRelease, AuditEntry, PinAppsRequest, UploadAppRelease, CreateEnrollmentKey, CreateRollout, Device, DeviceDetail,
-    DeviceStatus, EnrollmentKey, PinRequest, Release, Rollout, StoredLogEntry, TagChange,
-    TrustedKey, WhoAmI,
+    AddTrustedKey, AppRelease, AuditEntry, CreateEnrollmentKey, CreateRollout, Device,
+    DeviceDetail, DeviceStatus, EnrollmentKey, PinAppsRequest, PinRequest, Release, Rollout,
+    StoredLogEntry, TagChange, TrustedKey, UploadAppRelease, WhoAmI,
 };
 use serde::Deserialize;
 use sqlx::Row;

@@ -70,8 +70,8 @@ pub async fn upload(st: &AppState, actor: &str, req: UploadAppRelease) -> ApiRes
     images.sort();
     images.dedup();
     let digest = req.set.digest();
-    let set_json = serde_json::to_string(&req.set)
-        .map_err(|e| ApiErr::internal("encoding the app set", e))?;
+    let set_json =
+        serde_json::to_string(&req.set).map_err(|e| ApiErr::internal("encoding the app set", e))?;
     let exists = sqlx::query("SELECT id FROM app_releases WHERE version = $1")
         .bind(&req.version)
         .fetch_optional(&st.db.read)
@@ -213,7 +213,10 @@ mod tests {
 
     #[test]
     fn unpinned_images_are_refused_naming_app_and_service() {
-        let e = validate(&set("services:\n  web:\n    image: reg.example.com/web:1\n")).unwrap_err();
+        let e = validate(&set(
+            "services:\n  web:\n    image: reg.example.com/web:1\n",
+        ))
+        .unwrap_err();
         assert_eq!(e.code, "unpinned_image");
         assert!(
             e.message.contains("`shop`") && e.message.contains("`web`"),

@@ -560,7 +560,11 @@ fn check_apps_report(a: &otter_proto::AppsReport) -> ApiResult<()> {
         check_len("apps.services[].health", Some(&s.health), 32)?;
     }
     if let Some(l) = &a.last_apply {
-        check_len("apps.last_apply.app_release_id", Some(&l.app_release_id), 64)?;
+        check_len(
+            "apps.last_apply.app_release_id",
+            Some(&l.app_release_id),
+            64,
+        )?;
         check_len("apps.last_apply.version", Some(&l.version), 64)?;
         check_len("apps.last_apply.progress", l.progress.as_deref(), 1024)?;
         check_len("apps.last_apply.error", l.error.as_deref(), 4096)?;

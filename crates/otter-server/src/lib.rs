@@ -15,13 +15,13 @@
 //! ```
 
 mod admin_api;
+pub mod app_releases;
 pub mod auth;
 pub mod dashboard;
 pub mod db;
 mod device_api;
 pub mod error;
 pub mod openapi;
-pub mod app_releases;
 pub mod releases;
 pub mod rollouts;
 pub mod store;

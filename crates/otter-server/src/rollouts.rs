@@ -1038,7 +1038,10 @@ mod tests {
         rep.last_apply = Some(apply(AppPhase::RolledBack));
         let (state, why) = app_outcome(&rep, "ar2").unwrap();
         assert_eq!(state, "failed");
-        assert!(why.contains("rolled back") && why.contains("unhealthy"), "{why}");
+        assert!(
+            why.contains("rolled back") && why.contains("unhealthy"),
+            "{why}"
+        );
         rep.last_apply = Some(apply(AppPhase::Deferred));
         assert_eq!(app_outcome(&rep, "ar2"), None);
         // Applied, but a service is still starting: not yet.

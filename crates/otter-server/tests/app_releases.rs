@@ -63,7 +63,10 @@ fn upload_validates_lists_and_refuses_duplicates() {
     let bad = json!({"apps": [{"name": "shop", "compose": format!(
         "services:\n  web:\n    image: r/x@{DIGEST_A}\n    hostname: x\n")}]});
     let r = upload(&s, "1.0.2", bad);
-    assert_eq!((r.status, r.error_code().as_str()), (400, "invalid_app_set"));
+    assert_eq!(
+        (r.status, r.error_code().as_str()),
+        (400, "invalid_app_set")
+    );
     assert!(
         r.json()["message"]
             .as_str()
@@ -82,7 +85,11 @@ fn upload_validates_lists_and_refuses_duplicates() {
     let r = upload(&s, "has space", set(&pinned));
     assert_eq!((r.status, r.error_code().as_str()), (400, "invalid_field"));
     // The same version again: conflict.
-    let r = upload(&s, "1.0.0", set(&format!("reg.example.com/shop@{DIGEST_B}")));
+    let r = upload(
+        &s,
+        "1.0.0",
+        set(&format!("reg.example.com/shop@{DIGEST_B}")),
+    );
     assert_eq!(
         (r.status, r.error_code().as_str()),
         (409, "app_release_exists")
@@ -141,7 +148,10 @@ fn app_rollout_targets_devices_moves_on_reports_and_pauses_on_rollbacks() {
         "/api/v1/admin/rollouts",
         &json!({"release": "1.1.0", "app_release": "1.0.0"}),
     );
-    assert_eq!((r.status, r.error_code().as_str()), (400, "invalid_rollout"));
+    assert_eq!(
+        (r.status, r.error_code().as_str()),
+        (400, "invalid_rollout")
+    );
     let r = s.admin_post("/api/v1/admin/rollouts", &json!({"app_release": "1.0.0"}));
     assert_eq!((r.status, r.error_code().as_str()), (400, "no_devices"));
 
@@ -162,19 +172,30 @@ fn app_rollout_targets_devices_moves_on_reports_and_pauses_on_rollbacks() {
     assert_eq!(s.poll(first, Some(&etag)).status, 304);
 
     // Applying, then applied but still starting: nothing counts yet.
-    s.report(first, &apps_report(None, Some((&a_id, "applying", "")), "none"));
-    s.report(first, &apps_report(Some(&a_id), Some((&a_id, "applied", "")), "starting"));
+    s.report(
+        first,
+        &apps_report(None, Some((&a_id, "applying", "")), "none"),
+    );
+    s.report(
+        first,
+        &apps_report(Some(&a_id), Some((&a_id, "applied", "")), "starting"),
+    );
     std::thread::sleep(std::time::Duration::from_millis(400));
     assert_eq!(rollout_json(&s, &id)["phases"][0]["succeeded"], 0);
     // Healthy: success. The other one too: phase 2 starts.
-    s.report(first, &apps_report(Some(&a_id), Some((&a_id, "applied", "")), "healthy"));
+    s.report(
+        first,
+        &apps_report(Some(&a_id), Some((&a_id, "applied", "")), "healthy"),
+    );
     s.report(
         &devs[targeted[1]],
         &apps_report(Some(&a_id), Some((&a_id, "applied", "")), "healthy"),
     );
     wait_for("phase 2", || rollout_json(&s, &id)["phase"] == 1);
     // The server shows the device's apps.
-    let d = s.admin_get(&format!("/api/v1/admin/devices/{}", first.id)).json();
+    let d = s
+        .admin_get(&format!("/api/v1/admin/devices/{}", first.id))
+        .json();
     assert_eq!(d["apps"]["source"], "release", "{d}");
     assert_eq!(d["apps"]["services"][0]["health"], "healthy");
     assert_eq!(d["target_app_version"], "1.0.0");
@@ -190,7 +211,11 @@ fn app_rollout_targets_devices_moves_on_reports_and_pauses_on_rollbacks() {
     let rest: Vec<usize> = (0..4).filter(|i| !targeted.contains(i)).collect();
     s.report(
         &devs[rest[0]],
-        &apps_report(None, Some((&a_id, "rolled_back", "shop: web unhealthy")), "healthy"),
+        &apps_report(
+            None,
+            Some((&a_id, "rolled_back", "shop: web unhealthy")),
+            "healthy",
+        ),
     );
     std::thread::sleep(std::time::Duration::from_millis(400));
     assert_eq!(rollout_json(&s, &id)["state"], "active");
@@ -207,7 +232,9 @@ fn app_rollout_targets_devices_moves_on_reports_and_pauses_on_rollbacks() {
         .map(|f| f["reason"].as_str().unwrap())
         .collect();
     assert!(
-        reasons.iter().any(|r| r.contains("rolled back") && r.contains("unhealthy")),
+        reasons
+            .iter()
+            .any(|r| r.contains("rolled back") && r.contains("unhealthy")),
         "{reasons:?}"
     );
     assert!(reasons.iter().any(|r| r.contains("refused")), "{reasons:?}");
@@ -272,10 +299,18 @@ fn bad_apps_reports_are_refused() {
     let r = s.report(&d, &json!({"apps": {"source": "builtin", "nonsense": 1}}));
     assert_eq!(r.status, 422, "{}", r.json());
     let long = "x".repeat(100);
-    let r = s.report(&d, &json!({"apps": {"source": "builtin", "services": [
-        {"app": long, "service": "web", "image": "i", "state": "running", "health": "none"}]}}));
+    let r = s.report(
+        &d,
+        &json!({"apps": {"source": "builtin", "services": [
+        {"app": long, "service": "web", "image": "i", "state": "running", "health": "none"}]}}),
+    );
     assert_eq!((r.status, r.error_code().as_str()), (400, "invalid_field"));
-    assert!(r.json()["message"].as_str().unwrap().contains("apps.services[].app"));
+    assert!(
+        r.json()["message"]
+            .as_str()
+            .unwrap()
+            .contains("apps.services[].app")
+    );
     // An old agent's report (no apps) still works.
     assert_eq!(s.report(&d, &json!({"os_version": "1.0.0"})).status, 204);
 }

@@ -9,8 +9,8 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 use clap::{Args, Subcommand};
 use otter_proto::admin::{
-    AppRelease, CreateEnrollmentKey, CreateRollout, Device, DeviceDetail, EnrollmentKey,
-    PhaseSpec, Release, Rollout, RolloutKind, Selector, StoredLogEntry, UploadAppRelease, WhoAmI,
+    AppRelease, CreateEnrollmentKey, CreateRollout, Device, DeviceDetail, EnrollmentKey, PhaseSpec,
+    Release, Rollout, RolloutKind, Selector, StoredLogEntry, UploadAppRelease, WhoAmI,
 };
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
 
@@ -778,8 +778,7 @@ fn app_release(c: &Client, cmd: AppReleaseCmd) -> Result<()> {
             Ok(())
         }
         AppReleaseCmd::Show { id, json } => {
-            let r: AppRelease =
-                c.get(&format!("/api/v1/admin/app-releases/{}", urlencode(&id)))?;
+            let r: AppRelease = c.get(&format!("/api/v1/admin/app-releases/{}", urlencode(&id)))?;
             if json {
                 return print_json(&r);
             }

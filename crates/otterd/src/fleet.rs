@@ -14,8 +14,8 @@ use crate::state::{AgentState, Phase, read_state};
 use crate::{Paths, now};
 use anyhow::{Context, Result, bail};
 use ed25519_dalek::SigningKey;
-use otter_config::device_config::Server;
 use otter_apps::runtime::Runtime;
+use otter_config::device_config::Server;
 use otter_proto::{
     ApiError, AppApplyReport, AppOutcome, AppPhase, AppsReport, Challenge, EnrollRequest,
     EnrollResponse, EnrollStatus, Health, LogBatch, LogEntry, RollbackEvent, ServiceReport,
