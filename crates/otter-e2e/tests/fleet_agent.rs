@@ -512,15 +512,19 @@ fn agent_applies_an_app_rollout_without_reboot_and_reports_a_rollback() {
     assert!(dev["apps"].is_null(), "{dev}");
 
     // App release 1.0 rolled out: pulled and started in the agent, no reboot, reported.
-    let up = |version: &str, set: Value| {
-        ureq::post(&format!("{}/api/v1/admin/app-releases", fleet.base))
+    let up = |version: &str, set: Value| -> (u16, String) {
+        match ureq::post(&format!("{}/api/v1/admin/app-releases", fleet.base))
             .set("Authorization", &format!("Bearer {}", fleet.admin))
             .send_json(json!({"version": version, "set": set}))
+        {
+            Ok(r) => (r.status(), r.into_string().unwrap()),
+            Err(ureq::Error::Status(code, r)) => (code, r.into_string().unwrap_or_default()),
+            Err(e) => panic!("uploading app release {version}: {e}"),
+        }
     };
-    let a1 = up("1.0", app_set(GOOD))
-        .unwrap()
-        .into_json::<Value>()
-        .unwrap();
+    let (status, body) = up("1.0", app_set(GOOD));
+    assert_eq!(status, 201, "{body}");
+    let a1: Value = serde_json::from_str(&body).unwrap();
     let rollout = |v: &str| {
         fleet.post(
             "/api/v1/admin/rollouts",
@@ -560,7 +564,7 @@ fn agent_applies_an_app_rollout_without_reboot_and_reports_a_rollback() {
 
     // A broken 2.0 (its health check fails): rolled back to 1.0 by itself, the failure
     // reported, the rollout pauses; the failed target is not tried again.
-    up("2.0", app_set(BROKEN)).unwrap();
+    assert_eq!(up("2.0", app_set(BROKEN)).0, 201);
     let ro2 = rollout("2.0");
     match cycle_until_apps(&mut c) {
         CycleOutcome::Apps { version, phase } => {
@@ -590,11 +594,7 @@ fn agent_applies_an_app_rollout_without_reboot_and_reports_a_rollback() {
     );
 
     // An unpinned set never reaches a device: the server refuses it.
-    let e = up("3.0", app_set("reg.example.com/shop:3")).unwrap_err();
-    match e {
-        ureq::Error::Status(400, r) => {
-            assert!(r.into_string().unwrap().contains("not pinned by digest"))
-        }
-        e => panic!("{e}"),
-    }
+    let (status, body) = up("3.0", app_set("reg.example.com/shop:3"));
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("not pinned by digest"), "{body}");
 }
