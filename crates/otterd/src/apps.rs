@@ -28,6 +28,8 @@ pub struct AppPaths {
     pub lock: PathBuf,
     /// Last boot start result, for `otterd apps ls`.
     pub run_status: PathBuf,
+    /// Registry credentials rendered from the device config's `[[registries]]`.
+    pub auth_file: PathBuf,
 }
 
 impl AppPaths {
@@ -48,6 +50,7 @@ impl AppPaths {
             unit_dir: run_parent.join("systemd/system"),
             lock: p.run_dir.join("updates.lock"),
             run_status: p.run_dir.join("apps.json"),
+            auth_file: p.etc_dir.join(otter_apps::runtime::AUTH_FILE_ETC),
         }
     }
 }
@@ -122,6 +125,7 @@ pub fn runtime(ap: &AppPaths) -> Podman {
     let mut rt = Podman::system();
     rt.unit_dir = ap.unit_dir.clone();
     rt.lock_path = ap.lock.clone();
+    rt.auth_file = ap.auth_file.clone();
     rt
 }
 
@@ -592,6 +596,7 @@ mod tests {
         assert_eq!(ap.state_dir, d.path().join("var/lib/otter/apps"));
         assert_eq!(ap.unit_dir, d.path().join("run/systemd/system"));
         assert_eq!(ap.lock, d.path().join("run/otter/updates.lock"));
+        assert_eq!(ap.auth_file, d.path().join("etc/containers/auth.json"));
         let s = AppPaths::new(&Paths::system());
         assert_eq!(
             s.builtin_dir,
@@ -599,6 +604,7 @@ mod tests {
         );
         assert_eq!(s.unit_dir, PathBuf::from("/run/systemd/system"));
         assert_eq!(s.lock, PathBuf::from(otter_apps::lock::UPDATE_LOCK_PATH));
+        assert_eq!(s.auth_file, PathBuf::from("/etc/containers/auth.json"));
     }
 
     #[test]
