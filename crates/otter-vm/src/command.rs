@@ -246,10 +246,13 @@ fn create_overlay(
 /// Resolve `Auto` to `Kvm` or `Tcg`; check that an explicit `Kvm` is usable. KVM is usable when
 /// the guest has the host's architecture, `/dev/kvm` opens read-write and QEMU starts a paused
 /// KVM machine without failing (nested KVM can fail right at start, e.g. "failed to set MSR").
-/// The probe result is cached for the process.
+/// The probe result is cached for the process. `OTTER_VM_ACCEL=tcg` makes `Auto` TCG without
+/// probing: for hosts whose KVM passes the probe but fails once the guest runs (nested KVM
+/// that answers "emulation failure" in the firmware).
 pub fn resolve_accel(arch: Arch, accel: Accel) -> Result<Accel> {
     match accel {
         Accel::Tcg => Ok(Accel::Tcg),
+        Accel::Auto if std::env::var("OTTER_VM_ACCEL").is_ok_and(|v| v == "tcg") => Ok(Accel::Tcg),
         Accel::Auto => Ok(match kvm_usable(arch) {
             Ok(()) => Accel::Kvm,
             Err(_) => Accel::Tcg,
