@@ -598,3 +598,72 @@ fn agent_applies_an_app_rollout_without_reboot_and_reports_a_rollback() {
     assert_eq!(status, 400, "{body}");
     assert!(body.contains("not pinned by digest"), "{body}");
 }
+
+#[test]
+fn an_app_release_waits_for_an_os_update_on_trial() {
+    use otter_apps::update::fake::{Behaviour, Fake};
+    use otterd::state::{Phase, StateFile, Update};
+    let dir = tempfile::tempdir().unwrap();
+    let fleet = start_server(dir.path());
+    let fleet_key = fleet.post("/api/v1/admin/enrollment-keys", json!({"name": "test"}))["key"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let paths = device(dir.path(), &fleet.base, &fleet_key);
+    // The device is on trial of 1.0.0 (booted from an update, health checks not done yet).
+    let set_phase = |phase: Phase| {
+        let f = StateFile::lock(&paths.state_dir).unwrap();
+        let mut st = f.load().unwrap();
+        st.update = Some(Update {
+            phase,
+            version: "1.0.0".into(),
+            slot: Slot::A,
+            from_slot: Slot::B,
+            from_version: "0.9.0".into(),
+            source: "test".into(),
+            started_at: 1,
+            updated_at: 1,
+            progress: None,
+            delta: None,
+            reason: None,
+        });
+        f.save(&st).unwrap();
+    };
+    set_phase(Phase::Trying);
+    let fake = SharedFake(std::sync::Arc::new(std::sync::Mutex::new(Fake::new())));
+    fake.with(|f| f.image(GOOD, Behaviour::Good));
+    let mut c = Client::new(&paths, server_cfg(&paths)).unwrap();
+    c.set_apps_runtime(Box::new(fake.clone()));
+    c.apps_policy.settle = Duration::from_secs(5);
+    assert_eq!(c.cycle().unwrap(), CycleOutcome::Idle);
+    fleet.post(
+        "/api/v1/admin/app-releases",
+        json!({"version": "1.0", "set": app_set(GOOD)}),
+    );
+    fleet.post(
+        "/api/v1/admin/rollouts",
+        json!({"app_release": "1.0", "phases": [{"percent": 100}]}),
+    );
+    for _ in 0..3 {
+        assert_eq!(c.cycle().unwrap(), CycleOutcome::Idle);
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    assert!(
+        FleetState::load(&paths).apps_target.is_some(),
+        "the target names the app release"
+    );
+    assert!(
+        fake.with(|f| f.calls.is_empty()),
+        "apps were touched during the OS trial: {:?}",
+        fake.with(|f| f.calls.clone())
+    );
+    // Committed: now the app release goes on.
+    set_phase(Phase::Committed);
+    assert_eq!(
+        c.cycle().unwrap(),
+        CycleOutcome::Apps {
+            version: "1.0".into(),
+            phase: otter_proto::AppPhase::Applied
+        }
+    );
+}
