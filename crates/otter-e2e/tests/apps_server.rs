@@ -3,7 +3,8 @@
 //! Debian's docker-registry on 127.0.0.1, the guest reaches it as 10.0.2.2 — and pinned by
 //! digest) is uploaded and rolled out; the device applies it without a reboot, and the server
 //! shows the new app version with healthy services and the rollout completed. An unpinned app
-//! set is refused on upload.
+//! set is refused on upload. A broken app release (its health check fails) is rolled back by
+//! the device, the failure reaches the server and its rollout pauses itself.
 //!
 //! Runs when QEMU, OVMF, mmdebstrap, GRUB, root, podman, umoci, skopeo, busybox-static and
 //! docker-registry are available; skipped with a message otherwise.
@@ -39,6 +40,11 @@ fn app_release_from_the_server_is_applied_without_a_reboot() {
 
 /// One web service answering on 8080, with a health check.
 fn compose(image: &str) -> String {
+    compose_checking(image, "")
+}
+
+/// [`compose`] whose health check fetches `/PATH` (a missing page makes it unhealthy).
+fn compose_checking(image: &str, path: &str) -> String {
     format!(
         r#"services:
   web:
@@ -46,7 +52,7 @@ fn compose(image: &str) -> String {
     restart: always
     ports: ["8080:8080"]
     healthcheck:
-      test: ["CMD", "wget", "-q", "-O-", "http://127.0.0.1:8080/"]
+      test: ["CMD", "wget", "-q", "-O-", "http://127.0.0.1:8080/{path}"]
       interval: 5s
       timeout: 5s
       retries: 3
@@ -282,6 +288,78 @@ fn scenario() -> Result<()> {
     );
     let page = server.dashboard(&format!("/rollouts/{ro_id}"))?;
     ensure!(page.contains("2.0.0"), "the dashboard's rollout page");
+
+    // A broken 3.0.0: its health check fails; the device rolls it back to 2.0.0 by itself,
+    // reports why, and the rollout pauses.
+    let a3 = base.join("hello-3.tar");
+    make_image(&a3, "localhost/hello:3", "hello v3 (broken)")?;
+    reg.push(&a3, "hello:3")?;
+    let pinned3 = format!("10.0.2.2:{}/hello@{}", reg.port, reg.digest("hello:3")?);
+    let set3 = base.join("set-3.json");
+    std::fs::write(
+        &set3,
+        serde_json::to_string_pretty(&serde_json::json!({
+            "apps": [{"name": "hello", "compose": compose_checking(&pinned3, "no-such-page")}]
+        }))?,
+    )?;
+    server.otter(&[
+        "app-release",
+        "upload",
+        &set3.display().to_string(),
+        "--version",
+        "3.0.0",
+    ])?;
+    let ro3 = server.otter_json(&[
+        "rollout",
+        "create",
+        "--app-release",
+        "3.0.0",
+        "--phases",
+        "100",
+        "--soak",
+        "0",
+        "--success",
+        "1",
+        "--failure",
+        "0.5",
+    ])?;
+    let ro3_id = ro3["id"].as_str().context("rollout id")?.to_string();
+    let t = Instant::now();
+    let paused = server.wait(
+        "the broken app rollout to pause itself",
+        Duration::from_secs(1200),
+        || dev.keep_alive(),
+        || {
+            let r = server.otter_json(&["rollout", "status", &ro3_id])?;
+            if r["state"] == "completed" {
+                bail!("the broken app release completed: {r}");
+            }
+            Ok((r["state"] == "paused").then_some(r))
+        },
+    )?;
+    eprintln!(
+        "figures: broken app release rolled back on the device and its rollout paused in {:.0}s",
+        t.elapsed().as_secs_f64()
+    );
+    let why = paused["failures"][0]["reason"].as_str().unwrap_or_default();
+    ensure!(
+        why.contains("rolled back") && why.contains("health"),
+        "rollout failure reason: {paused:#}"
+    );
+    let d = server.otter_json(&["devices", "show", &device_id])?;
+    ensure!(
+        d["apps"]["version"] == "2.0.0" && d["apps"]["last_apply"]["phase"] == "rolled_back",
+        "after the rollback: {:#}",
+        d["apps"]
+    );
+    ensure!(
+        dev.boot_id()? == boot_id,
+        "the device rebooted during the rollback"
+    );
+    ensure!(
+        serving(&dev, "hello v2 from the server"),
+        "v2 does not serve after the rollback"
+    );
     eprintln!("apps_server: done after {:.0}s", t0.elapsed().as_secs_f64());
     dev.power_cut();
     Ok(())
