@@ -92,6 +92,9 @@ fn run(cmd: &mut Command, what: &str) -> RtResult<String> {
     }
 }
 
+/// Registry credentials the device config renders (relative to `/etc`: containers-auth.json).
+pub const AUTH_FILE_ETC: &str = "containers/auth.json";
+
 /// The real runtime: podman and systemd.
 pub struct Podman {
     pub podman: PathBuf,
@@ -112,6 +115,9 @@ pub struct Podman {
     /// `registries.conf` and its drop-in directory: registries marked `insecure` there get
     /// `--tls-verify=false` for skopeo, which does not apply that setting to `inspect`.
     pub registries_conf: PathBuf,
+    /// Registry credentials (`/etc/containers/auth.json`, from the device config's
+    /// `[[registries]]`): given to podman and skopeo as `REGISTRY_AUTH_FILE` when it exists.
+    pub auth_file: PathBuf,
     lock: Option<crate::lock::UpdateLock>,
     /// Unit → its `ExecMainStartTimestampMonotonic` when we queued its start: until that
     /// changes, what systemd shows is the previous run's state, not this start's.
@@ -131,6 +137,7 @@ impl Podman {
             global_args: Vec::new(),
             tls_verify: true,
             registries_conf: "/etc/containers/registries.conf".into(),
+            auth_file: Path::new("/etc").join(AUTH_FILE_ETC),
             lock: None,
             queued: Default::default(),
             started: Instant::now(),
@@ -140,6 +147,19 @@ impl Podman {
     fn podman(&self) -> Command {
         let mut c = Command::new(&self.podman);
         c.args(&self.global_args);
+        self.with_auth(&mut c);
+        c
+    }
+
+    fn with_auth(&self, c: &mut Command) {
+        if self.auth_file.is_file() {
+            c.env("REGISTRY_AUTH_FILE", &self.auth_file);
+        }
+    }
+
+    fn skopeo(&self) -> Command {
+        let mut c = Command::new(&self.skopeo);
+        self.with_auth(&mut c);
         c
     }
 
@@ -294,7 +314,7 @@ impl Runtime for Podman {
         let tls_verify = self.tls_verify
             && !matches_location(image, &insecure_registries(&self.registries_conf));
         let raw = run(
-            Command::new(&self.skopeo)
+            self.skopeo()
                 .args(["inspect", "--raw"])
                 .args((!tls_verify).then_some("--tls-verify=false"))
                 .arg(format!("docker://{image}")),
@@ -320,7 +340,7 @@ impl Runtime for Podman {
             _ => repo,
         };
         let raw = run(
-            Command::new(&self.skopeo)
+            self.skopeo()
                 .args(["inspect", "--raw"])
                 .args((!tls_verify).then_some("--tls-verify=false"))
                 .arg(format!("docker://{repo}@{digest}")),

@@ -48,6 +48,59 @@ pub struct DeviceConfig {
     pub server: Option<Server>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub health: Option<DeviceHealth>,
+    /// Credentials for container registries the device pulls app images from.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub registries: Vec<RegistryAuth>,
+}
+
+/// `[[registries]]`: a container registry's login, rendered to podman's auth file
+/// (`/etc/containers/auth.json`, 0600).
+#[derive(Clone, Default, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RegistryAuth {
+    /// The registry as image references name it: `registry.example.com`, `10.0.0.5:5000`
+    /// (no scheme, no path).
+    pub host: String,
+    pub username: String,
+    pub password: String,
+}
+
+impl std::fmt::Debug for RegistryAuth {
+    // The password never reaches a log.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RegistryAuth")
+            .field("host", &self.host)
+            .field("username", &self.username)
+            .field("password", &"***")
+            .finish()
+    }
+}
+
+/// A registry host as image references name it: DNS name or IPv4 address, optional `:port`.
+fn check_registry_host(h: &str) -> std::result::Result<(), String> {
+    let (name, port) = match h.rsplit_once(':') {
+        Some((n, p)) => (n, Some(p)),
+        None => (h, None),
+    };
+    if h.contains("://") || h.contains('/') {
+        return Err(format!(
+            "`{h}`: give the host as image references name it (registry.example.com or HOST:PORT), without scheme or path"
+        ));
+    }
+    let name_ok = !name.is_empty()
+        && name.len() <= 253
+        && name
+            .split('.')
+            .all(|l| !l.is_empty() && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-'));
+    if !name_ok {
+        return Err(format!("`{h}` is not a host name or address"));
+    }
+    if let Some(p) = port
+        && p.parse::<u16>().map_or(true, |p| p == 0)
+    {
+        return Err(format!("`{h}`: port `{p}` must be 1-65535"));
+    }
+    Ok(())
 }
 
 #[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
@@ -453,6 +506,33 @@ impl DeviceConfig {
                 );
             }
         }
+        let mut hosts = std::collections::BTreeSet::new();
+        for (i, r) in self.registries.iter().enumerate() {
+            if let Err(m) = check_registry_host(&r.host) {
+                return bad(&format!("registries[{i}].host"), m);
+            }
+            if !hosts.insert(r.host.to_ascii_lowercase()) {
+                return bad(
+                    &format!("registries[{i}].host"),
+                    format!("`{}` is listed twice", r.host),
+                );
+            }
+            if r.username.is_empty()
+                || r.username.contains(':')
+                || r.username.chars().any(char::is_control)
+            {
+                return bad(
+                    &format!("registries[{i}].username"),
+                    "must be non-empty, without `:` or control characters".into(),
+                );
+            }
+            if r.password.is_empty() || r.password.chars().any(char::is_control) {
+                return bad(
+                    &format!("registries[{i}].password"),
+                    "must be non-empty, without control characters".into(),
+                );
+            }
+        }
         if let Some(s) = &self.server {
             if let Err(m) = check_url(&s.url, &["http", "https"]) {
                 return bad("server.url", m);
@@ -774,6 +854,17 @@ checks = ["test -e /run/app.ok"]
     }
 
     #[test]
+    fn registries_parse_and_never_show_the_password() {
+        let c = parse(
+            "[[registries]]\nhost = \"10.0.0.5:5000\"\nusername = \"fleet\"\npassword = \"s3cret\"\n",
+        )
+        .unwrap();
+        assert_eq!(c.registries[0].host, "10.0.0.5:5000");
+        let dbg = format!("{c:?}");
+        assert!(dbg.contains("fleet") && !dbg.contains("s3cret"), "{dbg}");
+    }
+
+    #[test]
     fn bad_values_name_the_key() {
         let cases: &[(&str, &str)] = &[
             ("hostname = \"-bad\"", "hostname"),
@@ -820,6 +911,30 @@ checks = ["test -e /run/app.ok"]
             ("ca_certificates = [\"nope\"]", "ca_certificates[0]"),
             ("[server]\nurl = \"ftp://x\"", "server.url"),
             ("[health]\ndeadline_secs = 1", "health.deadline_secs"),
+            (
+                "[[registries]]\nhost = \"https://r.example.com\"\nusername = \"u\"\npassword = \"p\"",
+                "registries[0].host",
+            ),
+            (
+                "[[registries]]\nhost = \"r.example.com:99999\"\nusername = \"u\"\npassword = \"p\"",
+                "registries[0].host",
+            ),
+            (
+                "[[registries]]\nhost = \"r.example.com\"\nusername = \"a:b\"\npassword = \"p\"",
+                "registries[0].username",
+            ),
+            (
+                "[[registries]]\nhost = \"r.example.com\"\nusername = \"u\"\npassword = \"\"",
+                "registries[0].password",
+            ),
+            (
+                "[[registries]]\nhost = \"r.example.com\"\nusername = \"u\"\npassword = \"p\"\n[[registries]]\nhost = \"R.example.com\"\nusername = \"u\"\npassword = \"p\"",
+                "registries[1].host",
+            ),
+            (
+                "[[registries]]\nhost = \"r.example.com\"\nusername = \"u\"",
+                "password",
+            ),
         ];
         for (text, key) in cases {
             let e = parse(text).unwrap_err().to_string();

@@ -13,6 +13,7 @@
 
 pub mod fleet;
 mod http;
+pub mod registry;
 pub mod scenario;
 mod serial;
 mod ssh;

@@ -12,9 +12,9 @@
 //! busybox-static and docker-registry are available; skipped with a message otherwise.
 
 use anyhow::{Context, Result, bail, ensure};
-use otter_e2e::scenario::{Device, Variant, VariantApp, Workbench, workspace_root};
+use otter_e2e::registry::{GUEST_GET_8080, Registry, make_app_image};
+use otter_e2e::scenario::{Device, Variant, VariantApp, Workbench};
 use std::path::Path;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 #[test]
@@ -86,79 +86,11 @@ fn compose(web: &str, health_path: &str) -> String {
     COMPOSE.replace("@WEB@", web).replace("@PATH@", health_path)
 }
 
-fn make_image(archive: &Path, reference: &str, message: &str) -> Result<()> {
-    let st = Command::new(workspace_root().join("scripts/make-app-image"))
-        .arg(archive)
-        .arg(reference)
-        .arg(message)
-        .status()
-        .context("running scripts/make-app-image")?;
-    ensure!(st.success(), "scripts/make-app-image failed");
-    Ok(())
-}
-
-/// Debian's docker-registry on 127.0.0.1 (plain HTTP), killed when dropped.
-struct Registry {
-    child: std::process::Child,
-    port: u16,
-}
-
-impl Registry {
-    fn start(dir: &Path) -> Result<Registry> {
-        let port = otter_e2e::free_port();
-        std::fs::create_dir_all(dir)?;
-        let conf = dir.join("config.yml");
-        std::fs::write(
-            &conf,
-            format!(
-                "version: 0.1\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: 127.0.0.1:{port}\n",
-                dir.join("data").display()
-            ),
-        )?;
-        let child = Command::new("docker-registry")
-            .arg("serve")
-            .arg(&conf)
-            .stdout(std::fs::File::create(dir.join("log"))?)
-            .stderr(std::fs::File::create(dir.join("err"))?)
-            .spawn()
-            .context("starting docker-registry")?;
-        let start = Instant::now();
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            ensure!(
-                start.elapsed() < Duration::from_secs(30),
-                "docker-registry did not start"
-            );
-            std::thread::sleep(Duration::from_millis(200));
-        }
-        Ok(Registry { child, port })
-    }
-
-    /// Push an OCI archive as `name` (e.g. `hello:2`); returns the reference the guest uses.
-    fn push(&self, archive: &Path, name: &str) -> Result<String> {
-        let st = Command::new("skopeo")
-            .args(["copy", "--quiet", "--dest-tls-verify=false"])
-            .arg(format!("oci-archive:{}", archive.display()))
-            .arg(format!("docker://127.0.0.1:{}/{name}", self.port))
-            .status()?;
-        ensure!(st.success(), "skopeo copy to the registry failed");
-        Ok(format!("10.0.2.2:{}/{name}", self.port))
-    }
-}
-
-impl Drop for Registry {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-const GET: &str = "bash -c 'exec 3<>/dev/tcp/127.0.0.1/8080 && printf \"GET / HTTP/1.0\\r\\n\\r\\n\" >&3 && cat <&3'";
-
 fn wait_serving(dev: &Device, want: &str, timeout: Duration) -> Result<()> {
     let start = Instant::now();
     let mut last = String::new();
     while start.elapsed() < timeout {
-        match dev.sh(GET) {
+        match dev.sh(GUEST_GET_8080) {
             Ok(out) if out.contains(want) => return Ok(()),
             Ok(out) => last = out,
             Err(e) => last = format!("{e:#}"),
@@ -196,7 +128,7 @@ fn scenario() -> Result<()> {
     let wb = Workbench::new(&base.join("work"))?;
     let reg = Registry::start(&base.join("registry"))?;
     let archive = base.join("hello-1.tar");
-    make_image(&archive, "localhost/hello:1", "hello from a built-in app")?;
+    make_app_image(&archive, "localhost/hello:1", "hello from a built-in app")?;
     let variant = |version: &str| Variant {
         version: version.into(),
         apps: vec![VariantApp {
@@ -311,7 +243,7 @@ fn scenario() -> Result<()> {
     // 2. An update from the registry, without a reboot.
     let boot_id = dev.boot_id()?;
     let a2 = base.join("hello-2.tar");
-    make_image(&a2, "localhost/hello:2", "hello v2 from the registry")?;
+    make_app_image(&a2, "localhost/hello:2", "hello v2 from the registry")?;
     let v2 = reg.push(&a2, "hello:2")?;
     dev.sh(&format!(
         "cat > /tmp/hello-v2.yaml <<'EOF'\n{}\nEOF",
@@ -344,7 +276,7 @@ fn scenario() -> Result<()> {
 
     // 3. A broken version: its health check fails, it is rolled back by itself.
     let a3 = base.join("hello-3.tar");
-    make_image(&a3, "localhost/hello:3", "hello v3 (broken)")?;
+    make_app_image(&a3, "localhost/hello:3", "hello v3 (broken)")?;
     let v3 = reg.push(&a3, "hello:3")?;
     dev.sh(&format!(
         "cat > /tmp/hello-v3.yaml <<'EOF'\n{}\nEOF",

@@ -384,6 +384,80 @@ fn unreachable_server_is_an_error_naming_it_and_state_is_kept() {
     assert!(otterd::fleet::commit_allowed(&paths).is_err());
 }
 
+/// A fake podman/systemd (`otter_apps::update::fake`) the test can look into while the agent
+/// uses it.
+#[derive(Clone)]
+struct SharedFake(std::sync::Arc<std::sync::Mutex<otter_apps::update::fake::Fake>>);
+
+impl SharedFake {
+    fn with<T>(&self, f: impl FnOnce(&mut otter_apps::update::fake::Fake) -> T) -> T {
+        f(&mut self.0.lock().unwrap())
+    }
+}
+
+impl otter_apps::runtime::Runtime for SharedFake {
+    fn has_image(&mut self, image: &str) -> Result<bool, String> {
+        self.with(|f| f.has_image(image))
+    }
+    fn pull_size(&mut self, image: &str) -> Result<u64, String> {
+        self.with(|f| f.pull_size(image))
+    }
+    fn pull(&mut self, image: &str, progress: &mut dyn FnMut(&str)) -> Result<(), String> {
+        self.with(|f| f.pull(image, progress))
+    }
+    fn free_space(&mut self) -> Result<u64, String> {
+        self.with(|f| f.free_space())
+    }
+    fn removable_images(&mut self) -> Result<Vec<otter_apps::runtime::ImageInfo>, String> {
+        self.with(|f| f.removable_images())
+    }
+    fn remove_image(&mut self, id: &str) -> Result<(), String> {
+        self.with(|f| f.remove_image(id))
+    }
+    fn install_units(
+        &mut self,
+        units: &[otter_apps::unit::Unit],
+        remove: &[String],
+    ) -> Result<(), String> {
+        self.with(|f| f.install_units(units, remove))
+    }
+    fn start(&mut self, unit: &otter_apps::unit::Unit) -> Result<(), String> {
+        self.with(|f| f.start(unit))
+    }
+    fn stop(&mut self, unit: &str) -> Result<(), String> {
+        self.with(|f| f.stop(unit))
+    }
+    fn state(
+        &mut self,
+        unit: &otter_apps::unit::Unit,
+    ) -> Result<otter_apps::runtime::ServiceState, String> {
+        self.with(|f| f.state(unit))
+    }
+    fn try_lock(&mut self) -> Result<bool, String> {
+        self.with(|f| f.try_lock())
+    }
+    fn unlock(&mut self) {
+        self.with(|f| f.unlock())
+    }
+    fn elapsed(&mut self) -> Duration {
+        self.with(|f| f.elapsed())
+    }
+    fn sleep(&mut self, d: Duration) {
+        self.with(|f| f.sleep(d))
+    }
+}
+
+const GOOD: &str =
+    "reg.example.com/shop@sha256:1111111111111111111111111111111111111111111111111111111111111111";
+const BROKEN: &str =
+    "reg.example.com/shop@sha256:2222222222222222222222222222222222222222222222222222222222222222";
+
+fn app_set(image: &str) -> Value {
+    json!({"apps": [{"name": "shop", "compose": format!(
+        "services:\n  web:\n    image: {image}\n    healthcheck:\n      test: [\"CMD\", \"true\"]\n      interval: 2s\n"
+    )}]})
+}
+
 /// Poll until the client does something other than idle (the server may take a moment to
 /// target a new rollout at the device), for at most 20 s; what it did.
 fn cycle_until_busy(c: &mut Client) -> CycleOutcome {
@@ -396,4 +470,186 @@ fn cycle_until_busy(c: &mut Client) -> CycleOutcome {
             o => return o,
         }
     }
+}
+
+#[test]
+fn agent_applies_an_app_rollout_without_reboot_and_reports_a_rollback() {
+    use otter_apps::update::fake::{Behaviour, Fake};
+    use otter_proto::AppPhase;
+    let dir = tempfile::tempdir().unwrap();
+    let fleet = start_server(dir.path());
+    let fleet_key = fleet.post("/api/v1/admin/enrollment-keys", json!({"name": "test"}))["key"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let paths = device(dir.path(), &fleet.base, &fleet_key);
+    let fake = SharedFake(std::sync::Arc::new(std::sync::Mutex::new(Fake::new())));
+    fake.with(|f| {
+        f.image(GOOD, Behaviour::Good);
+        f.image(BROKEN, Behaviour::Unhealthy);
+    });
+    let mut c = Client::new(&paths, server_cfg(&paths)).unwrap();
+    c.set_apps_runtime(Box::new(fake.clone()));
+    c.apps_policy.settle = Duration::from_secs(5);
+    assert_eq!(c.cycle().unwrap(), CycleOutcome::Idle);
+    let id = FleetState::load(&paths).device_id;
+    // No apps on the device: nothing reported about them.
+    let dev = fleet.get(&format!("/api/v1/admin/devices/{id}"));
+    assert!(dev["apps"].is_null(), "{dev}");
+
+    // App release 1.0 rolled out: pulled and started in the agent, no reboot, reported.
+    let up = |version: &str, set: Value| -> (u16, String) {
+        match ureq::post(&format!("{}/api/v1/admin/app-releases", fleet.base))
+            .set("Authorization", &format!("Bearer {}", fleet.admin))
+            .send_json(json!({"version": version, "set": set}))
+        {
+            Ok(r) => (r.status(), r.into_string().unwrap()),
+            Err(ureq::Error::Status(code, r)) => (code, r.into_string().unwrap_or_default()),
+            Err(e) => panic!("uploading app release {version}: {e}"),
+        }
+    };
+    let (status, body) = up("1.0", app_set(GOOD));
+    assert_eq!(status, 201, "{body}");
+    let a1: Value = serde_json::from_str(&body).unwrap();
+    let rollout = |v: &str| {
+        fleet.post(
+            "/api/v1/admin/rollouts",
+            json!({"app_release": v, "phases": [{"percent": 100}],
+                   "success_threshold": 1.0, "failure_threshold": 0.5}),
+        )["id"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    let ro1 = rollout("1.0");
+    assert_eq!(
+        cycle_until_busy(&mut c),
+        CycleOutcome::Apps {
+            version: "1.0".into(),
+            phase: AppPhase::Applied
+        }
+    );
+    assert!(fake.with(|f| f.calls.iter().any(|x| x == &format!("pull {GOOD}"))));
+    assert!(!paths.state_dir.join("reboot-requested").exists());
+    fleet.wait_rollout(&ro1, "completed");
+    let dev = fleet.get(&format!("/api/v1/admin/devices/{id}"));
+    let apps = &dev["apps"];
+    assert_eq!(apps["source"], "release", "{dev}");
+    assert_eq!(apps["app_release_id"], a1["id"]);
+    assert_eq!(apps["version"], "1.0");
+    assert_eq!(apps["last_apply"]["phase"], "applied");
+    assert_eq!(apps["last_apply"]["apps"][0]["result"], "installed");
+    assert_eq!(apps["services"][0]["service"], "web");
+    assert_eq!(apps["services"][0]["state"], "running");
+    assert_eq!(apps["services"][0]["health"], "healthy");
+    assert_eq!(apps["services"][0]["image"], GOOD);
+    // Applied: the next cycles leave it alone.
+    let pulls = fake.with(|f| f.calls.len());
+    assert_eq!(c.cycle().unwrap(), CycleOutcome::Idle);
+    assert_eq!(fake.with(|f| f.calls.len()), pulls);
+
+    // A broken 2.0 (its health check fails): rolled back to 1.0 by itself, the failure
+    // reported, the rollout pauses; the failed target is not tried again.
+    assert_eq!(up("2.0", app_set(BROKEN)).0, 201);
+    let ro2 = rollout("2.0");
+    match cycle_until_busy(&mut c) {
+        CycleOutcome::Apps { version, phase } => {
+            assert_eq!((version.as_str(), phase), ("2.0", AppPhase::RolledBack))
+        }
+        o => panic!("{o:?}"),
+    }
+    let paused = fleet.wait_rollout(&ro2, "paused");
+    let why = paused["failures"][0]["reason"].as_str().unwrap_or_default();
+    assert!(
+        why.contains("rolled back") && why.contains("unhealthy"),
+        "{paused}"
+    );
+    let dev = fleet.get(&format!("/api/v1/admin/devices/{id}"));
+    assert_eq!(dev["apps"]["version"], "1.0", "{dev}");
+    assert_eq!(dev["apps"]["last_apply"]["phase"], "rolled_back");
+    assert_eq!(dev["apps"]["services"][0]["image"], GOOD);
+    fleet.post(&format!("/api/v1/admin/rollouts/{ro2}/resume"), json!({}));
+    let calls = fake.with(|f| f.calls.len());
+    for _ in 0..3 {
+        assert_eq!(c.cycle().unwrap(), CycleOutcome::Idle);
+    }
+    assert_eq!(
+        fake.with(|f| f.calls.len()),
+        calls,
+        "the failed app release was retried"
+    );
+
+    // An unpinned set never reaches a device: the server refuses it.
+    let (status, body) = up("3.0", app_set("reg.example.com/shop:3"));
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("not pinned by digest"), "{body}");
+}
+
+#[test]
+fn an_app_release_waits_for_an_os_update_on_trial() {
+    use otter_apps::update::fake::{Behaviour, Fake};
+    use otterd::state::{Phase, StateFile, Update};
+    let dir = tempfile::tempdir().unwrap();
+    let fleet = start_server(dir.path());
+    let fleet_key = fleet.post("/api/v1/admin/enrollment-keys", json!({"name": "test"}))["key"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let paths = device(dir.path(), &fleet.base, &fleet_key);
+    // The device is on trial of 1.0.0 (booted from an update, health checks not done yet).
+    let set_phase = |phase: Phase| {
+        let f = StateFile::lock(&paths.state_dir).unwrap();
+        let mut st = f.load().unwrap();
+        st.update = Some(Update {
+            phase,
+            version: "1.0.0".into(),
+            slot: Slot::A,
+            from_slot: Slot::B,
+            from_version: "0.9.0".into(),
+            source: "test".into(),
+            started_at: 1,
+            updated_at: 1,
+            progress: None,
+            delta: None,
+            reason: None,
+        });
+        f.save(&st).unwrap();
+    };
+    set_phase(Phase::Trying);
+    let fake = SharedFake(std::sync::Arc::new(std::sync::Mutex::new(Fake::new())));
+    fake.with(|f| f.image(GOOD, Behaviour::Good));
+    let mut c = Client::new(&paths, server_cfg(&paths)).unwrap();
+    c.set_apps_runtime(Box::new(fake.clone()));
+    c.apps_policy.settle = Duration::from_secs(5);
+    assert_eq!(c.cycle().unwrap(), CycleOutcome::Idle);
+    fleet.post(
+        "/api/v1/admin/app-releases",
+        json!({"version": "1.0", "set": app_set(GOOD)}),
+    );
+    fleet.post(
+        "/api/v1/admin/rollouts",
+        json!({"app_release": "1.0", "phases": [{"percent": 100}]}),
+    );
+    for _ in 0..3 {
+        assert_eq!(c.cycle().unwrap(), CycleOutcome::Idle);
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    assert!(
+        FleetState::load(&paths).apps_target.is_some(),
+        "the target names the app release"
+    );
+    assert!(
+        fake.with(|f| f.calls.is_empty()),
+        "apps were touched during the OS trial: {:?}",
+        fake.with(|f| f.calls.clone())
+    );
+    // Committed: now the app release goes on.
+    set_phase(Phase::Committed);
+    assert_eq!(
+        c.cycle().unwrap(),
+        CycleOutcome::Apps {
+            version: "1.0".into(),
+            phase: otter_proto::AppPhase::Applied
+        }
+    );
 }

@@ -2,7 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::{Health, UpdateReport};
+use crate::{AppSetBody, AppsReport, Health, UpdateReport};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -54,6 +54,15 @@ pub struct Device {
     pub enrolled_at_ms: i64,
     pub last_seen_ms: Option<i64>,
     pub online: bool,
+    /// App release version the device is pinned to.
+    #[serde(default)]
+    pub pinned_app_release: Option<String>,
+    /// App release version the device is targeted at (pin or rollout), if any.
+    #[serde(default)]
+    pub target_app_version: Option<String>,
+    /// The apps as the device last reported them.
+    #[serde(default)]
+    pub apps: Option<AppsReport>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -79,6 +88,41 @@ pub struct TagChange {
 #[serde(deny_unknown_fields)]
 pub struct PinRequest {
     pub release: Option<String>,
+}
+
+/// `POST /api/v1/admin/devices/{id}/pin-apps`: `app_release` is an app release id or version;
+/// `null` unpins.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PinAppsRequest {
+    pub app_release: Option<String>,
+}
+
+/// `POST /api/v1/admin/app-releases`: a versioned app set. Every image must be pinned by
+/// digest; the compose files must be in the subset of docs/apps.md.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UploadAppRelease {
+    /// 1-64 characters of A-Z a-z 0-9 . _ - + ; unique among app releases.
+    pub version: String,
+    pub set: AppSetBody,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AppRelease {
+    pub id: String,
+    pub version: String,
+    /// SHA-256 of the set's canonical JSON (what devices check).
+    pub digest: String,
+    /// The apps' names.
+    pub apps: Vec<String>,
+    /// Every image reference (pinned by digest).
+    pub images: Vec<String>,
+    pub uploaded_at_ms: i64,
+    pub uploaded_by: String,
+    /// The set itself (only in `GET /app-releases/{id}`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub set: Option<AppSetBody>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -154,8 +198,13 @@ pub struct PhaseSpec {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CreateRollout {
-    /// Release id or version.
+    /// OS release id or version (give this or `app_release`).
+    #[serde(default)]
     pub release: String,
+    /// App release id or version: the rollout updates the devices' apps (no reboot) instead
+    /// of their OS.
+    #[serde(default)]
+    pub app_release: Option<String>,
     #[serde(default)]
     pub selector: Selector,
     /// Default: 1%, 10%, 50%, 100% with 10 minutes soak each.
@@ -171,6 +220,27 @@ pub struct CreateRollout {
     /// targeted counts as failed (default 3600).
     #[serde(default)]
     pub device_deadline_secs: Option<u64>,
+}
+
+/// What a rollout updates.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RolloutKind {
+    /// An OS release (`release_id` names a release).
+    #[default]
+    Os,
+    /// An app release (`release_id` names an app release); success is the set applied with
+    /// every service running and healthy.
+    Apps,
+}
+
+impl RolloutKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RolloutKind::Os => "os",
+            RolloutKind::Apps => "apps",
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -223,8 +293,12 @@ pub struct RolloutFailure {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Rollout {
     pub id: String,
+    #[serde(default)]
+    pub kind: RolloutKind,
+    /// The release (or, for `apps`, the app release).
     pub release_id: String,
     pub version: String,
+    /// The board of an OS release; empty for an app release (any board).
     pub compatible: String,
     pub state: RolloutState,
     /// Index of the current phase in `phases`.

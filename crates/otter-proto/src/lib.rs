@@ -107,6 +107,54 @@ pub struct TargetState {
     pub release: Option<TargetRelease>,
     /// Seconds until the next poll (also in the [`HEADER_POLL_INTERVAL`] header).
     pub poll_interval_secs: u64,
+    /// The app set to run (an app release); `None`: keep the apps the device runs. Absent in
+    /// answers of servers that predate app releases.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub apps: Option<TargetApps>,
+}
+
+/// An app release the server wants the device to run: the whole set of apps (apps the device
+/// runs that are not in it are removed). Applied without a reboot.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TargetApps {
+    pub app_release_id: String,
+    pub version: String,
+    /// SHA-256 (hex) of the set's canonical JSON ([`AppSetBody::digest`]); the device checks it.
+    pub digest: String,
+    pub set: AppSetBody,
+    /// The rollout that targets this device, or `None` for a pin.
+    #[serde(default)]
+    pub rollout_id: Option<String>,
+}
+
+/// An app set as the server carries it (the JSON of `otter_apps::AppSet`): every image is
+/// pinned by digest, through a service's `image` or `images`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AppSetBody {
+    pub apps: Vec<AppBody>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AppBody {
+    /// a-z, 0-9, `-`, `_` (names the units and containers).
+    pub name: String,
+    /// The compose file, as text (the subset in docs/apps.md).
+    pub compose: String,
+    /// Service name → image reference replacing that service's `image`.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub images: std::collections::BTreeMap<String, String>,
+}
+
+impl AppSetBody {
+    /// SHA-256 (hex) of the set's JSON as serialised here (fields in declaration order, maps
+    /// sorted): the same on the server and the device.
+    pub fn digest(&self) -> String {
+        use sha2::{Digest, Sha256};
+        let json = serde_json::to_vec(self).unwrap_or_default();
+        hex::encode(Sha256::digest(&json))
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -145,6 +193,114 @@ pub struct StateReport {
     pub uptime_secs: Option<u64>,
     #[serde(default)]
     pub free_bytes: Option<u64>,
+    /// The device's apps; absent from agents that predate app releases.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub apps: Option<AppsReport>,
+}
+
+/// What runs on the device as apps, and how the last app release went.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AppsReport {
+    /// `builtin` (the root's own apps), `applied` (an app set applied by hand) or `release`
+    /// (an app release from the server).
+    pub source: String,
+    /// The app release running (when `source` is `release`).
+    #[serde(default)]
+    pub app_release_id: Option<String>,
+    #[serde(default)]
+    pub version: Option<String>,
+    /// The app release being applied or applied last.
+    #[serde(default)]
+    pub last_apply: Option<AppApplyReport>,
+    #[serde(default)]
+    pub services: Vec<ServiceReport>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AppApplyReport {
+    pub app_release_id: String,
+    pub version: String,
+    pub phase: AppPhase,
+    /// The last progress line (pulls) while `applying`.
+    #[serde(default)]
+    pub progress: Option<String>,
+    /// Why it did not apply (every phase but `applying` and `applied`).
+    #[serde(default)]
+    pub error: Option<String>,
+    /// Per app: `unchanged`, `installed`, `updated`, `removed`, `rolled-back`, `failed`,
+    /// `deferred`, with the reason.
+    #[serde(default)]
+    pub apps: Vec<AppOutcome>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AppOutcome {
+    pub app: String,
+    pub result: String,
+    #[serde(default)]
+    pub reason: Option<String>,
+}
+
+/// Phases of an app release on the device. `applied` counts as success for a rollout (with
+/// every service running and, where it has a health check, healthy); `rolled_back`, `failed`
+/// and `refused` as failure; `deferred` (an app held the update lock) is retried.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AppPhase {
+    Applying,
+    Applied,
+    /// A new version did not come up healthy; the previous one runs again.
+    RolledBack,
+    /// Nothing changed (a pull failed, the set is invalid, a new app failed and was removed).
+    Failed,
+    /// Refused before it started: the images would not fit on the data partition.
+    Refused,
+    /// An app held the update lock for too long; the device tries again later.
+    Deferred,
+}
+
+impl AppPhase {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AppPhase::Applying => "applying",
+            AppPhase::Applied => "applied",
+            AppPhase::RolledBack => "rolled_back",
+            AppPhase::Failed => "failed",
+            AppPhase::Refused => "refused",
+            AppPhase::Deferred => "deferred",
+        }
+    }
+    pub fn is_failure(self) -> bool {
+        matches!(
+            self,
+            AppPhase::RolledBack | AppPhase::Failed | AppPhase::Refused
+        )
+    }
+}
+
+/// One service of an app.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServiceReport {
+    pub app: String,
+    pub service: String,
+    pub image: String,
+    /// `running`, `starting`, `exited`, `failed`, `inactive` or `unknown`.
+    pub state: String,
+    /// `none` (no health check), `starting`, `healthy`, `unhealthy`.
+    pub health: String,
+    #[serde(default)]
+    pub restarts: u32,
+}
+
+impl ServiceReport {
+    /// Running, and healthy if it has a health check (a finished one-shot counts as running).
+    pub fn is_ok(&self) -> bool {
+        self.state == "running" && (self.health == "none" || self.health == "healthy")
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -265,6 +421,87 @@ mod tests {
         )
         .unwrap();
         assert_eq!(r.update.unwrap().phase, UpdatePhase::RolledBack);
+    }
+
+    #[test]
+    fn old_payloads_still_parse_and_new_fields_are_optional() {
+        // A report of an agent without apps, and a target of a server without app releases.
+        let r: StateReport = serde_json::from_str(r#"{"os_version":"1.0"}"#).unwrap();
+        assert!(r.apps.is_none());
+        let t: TargetState =
+            serde_json::from_str(r#"{"device_id":"d","release":null,"poll_interval_secs":30}"#)
+                .unwrap();
+        assert!(t.apps.is_none());
+        // No app target: the answer looks as it did before.
+        let j = serde_json::to_string(&t).unwrap();
+        assert!(!j.contains("apps"), "{j}");
+        // Unknown fields in an apps report are refused like the rest of the report.
+        assert!(
+            serde_json::from_str::<StateReport>(r#"{"apps":{"source":"builtin","bogus":1}}"#)
+                .is_err()
+        );
+        assert!(
+            serde_json::from_str::<StateReport>(
+                r#"{"apps":{"source":"release","last_apply":{"app_release_id":"a","version":"1","phase":"exploded"}}}"#
+            )
+            .is_err()
+        );
+    }
+
+    #[test]
+    fn app_reports_round_trip() {
+        let r = StateReport {
+            apps: Some(AppsReport {
+                source: "release".into(),
+                app_release_id: Some("ar1".into()),
+                version: Some("2".into()),
+                last_apply: Some(AppApplyReport {
+                    app_release_id: "ar1".into(),
+                    version: "2".into(),
+                    phase: AppPhase::RolledBack,
+                    progress: None,
+                    error: Some("hello: unhealthy".into()),
+                    apps: vec![AppOutcome {
+                        app: "hello".into(),
+                        result: "rolled-back".into(),
+                        reason: Some("unhealthy".into()),
+                    }],
+                }),
+                services: vec![ServiceReport {
+                    app: "hello".into(),
+                    service: "web".into(),
+                    image: "reg/hello@sha256:00".into(),
+                    state: "running".into(),
+                    health: "healthy".into(),
+                    restarts: 1,
+                }],
+            }),
+            ..Default::default()
+        };
+        let j = serde_json::to_string(&r).unwrap();
+        assert!(j.contains(r#""phase":"rolled_back""#), "{j}");
+        let back: StateReport = serde_json::from_str(&j).unwrap();
+        assert_eq!(back, r);
+        let a = back.apps.unwrap();
+        assert!(a.services[0].is_ok());
+        assert!(a.last_apply.unwrap().phase.is_failure());
+        assert!(!AppPhase::Deferred.is_failure());
+    }
+
+    #[test]
+    fn app_set_digest_follows_the_content() {
+        let mut s = AppSetBody {
+            apps: vec![AppBody {
+                name: "a".into(),
+                compose: "services: {}".into(),
+                images: Default::default(),
+            }],
+        };
+        let d1 = s.digest();
+        assert_eq!(d1.len(), 64);
+        assert_eq!(d1, s.clone().digest());
+        s.apps[0].compose.push(' ');
+        assert_ne!(d1, s.digest());
     }
 
     #[test]

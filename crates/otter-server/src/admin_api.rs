@@ -7,9 +7,9 @@ use axum::extract::{DefaultBodyLimit, Path, Query, State};
 use axum::http::StatusCode;
 use axum::routing::{get, post};
 use otter_proto::admin::{
-    AddTrustedKey, AuditEntry, CreateEnrollmentKey, CreateRollout, Device, DeviceDetail,
-    DeviceStatus, EnrollmentKey, PinRequest, Release, Rollout, StoredLogEntry, TagChange,
-    TrustedKey, WhoAmI,
+    AddTrustedKey, AppRelease, AuditEntry, CreateEnrollmentKey, CreateRollout, Device,
+    DeviceDetail, DeviceStatus, EnrollmentKey, PinAppsRequest, PinRequest, Release, Rollout,
+    StoredLogEntry, TagChange, TrustedKey, UploadAppRelease, WhoAmI,
 };
 use serde::Deserialize;
 use sqlx::Row;
@@ -19,7 +19,7 @@ use crate::auth::{self, Admin};
 use crate::db::{audit, now_ms};
 use crate::device_api::check_name_chars;
 use crate::error::{ApiErr, ApiResult, JsonBody};
-use crate::{releases, rollouts};
+use crate::{app_releases, releases, rollouts};
 
 pub fn routes() -> Router<AppState> {
     Router::new()
@@ -31,6 +31,7 @@ pub fn routes() -> Router<AppState> {
         .route("/api/v1/admin/devices/{id}/revoke", post(revoke))
         .route("/api/v1/admin/devices/{id}/tags", post(tags))
         .route("/api/v1/admin/devices/{id}/pin", post(pin))
+        .route("/api/v1/admin/devices/{id}/pin-apps", post(pin_apps))
         .route("/api/v1/admin/devices/{id}/logs", get(device_logs))
         .route(
             "/api/v1/admin/enrollment-keys",
@@ -47,6 +48,11 @@ pub fn routes() -> Router<AppState> {
                 .post(upload_release)
                 .layer(DefaultBodyLimit::disable()),
         )
+        .route(
+            "/api/v1/admin/app-releases",
+            get(list_app_releases).post(upload_app_release),
+        )
+        .route("/api/v1/admin/app-releases/{id}", get(show_app_release))
         .route(
             "/api/v1/admin/rollouts",
             get(list_rollouts).post(create_rollout),
@@ -66,9 +72,12 @@ async fn whoami(admin: Admin) -> Json<WhoAmI> {
     })
 }
 
-const DEVICE_SELECT: &str = "SELECT d.*, t.version AS target_version, p.version AS pinned_version \
+const DEVICE_SELECT: &str = "SELECT d.*, t.version AS target_version, p.version AS pinned_version, \
+     ta.version AS target_app_version, pa.version AS pinned_app_version \
      FROM devices d LEFT JOIN releases t ON t.id = d.target_release_id \
-     LEFT JOIN releases p ON p.id = d.pinned_release_id";
+     LEFT JOIN releases p ON p.id = d.pinned_release_id \
+     LEFT JOIN app_releases ta ON ta.id = d.target_app_release_id \
+     LEFT JOIN app_releases pa ON pa.id = d.pinned_app_release_id";
 
 pub fn device_from_row(st: &AppState, r: &sqlx::any::AnyRow) -> ApiResult<Device> {
     let status: String = r.try_get("status")?;
@@ -109,6 +118,11 @@ pub fn device_from_row(st: &AppState, r: &sqlx::any::AnyRow) -> ApiResult<Device
         enrolled_at_ms: r.try_get("enrolled_at")?,
         last_seen_ms: last_seen,
         online: last_seen.is_some_and(|t| now_ms() - t <= online_ms),
+        pinned_app_release: r.try_get("pinned_app_version")?,
+        target_app_version: r.try_get("target_app_version")?,
+        apps: r
+            .try_get::<Option<String>, _>("apps_json")?
+            .and_then(|s| serde_json::from_str(&s).ok()),
     })
 }
 
@@ -419,6 +433,64 @@ async fn pin(
     .await?;
     tx.commit().await?;
     Ok(Json(load_device(&st, &id).await?))
+}
+
+async fn pin_apps(
+    State(st): State<AppState>,
+    admin: Admin,
+    Path(id): Path<String>,
+    JsonBody(req): JsonBody<PinAppsRequest>,
+) -> ApiResult<Json<Device>> {
+    load_device(&st, &id).await?;
+    let release = match &req.app_release {
+        None => None,
+        Some(r) => Some(app_releases::load(&st, r).await?),
+    };
+    let mut tx = st.db.write.begin().await?;
+    sqlx::query("UPDATE devices SET pinned_app_release_id = $1 WHERE id = $2")
+        .bind(release.as_ref().map(|r| r.id.clone()))
+        .bind(&id)
+        .execute(&mut *tx)
+        .await?;
+    rollouts::refresh_target(&mut tx, &id).await?;
+    let detail = match &release {
+        Some(r) => format!("apps pinned to {} ({})", r.version, r.id),
+        None => "apps unpinned".into(),
+    };
+    audit(
+        &mut *tx,
+        &admin.actor(),
+        "device_pin_apps",
+        &format!("device:{id}"),
+        &detail,
+    )
+    .await?;
+    tx.commit().await?;
+    Ok(Json(load_device(&st, &id).await?))
+}
+
+async fn list_app_releases(
+    State(st): State<AppState>,
+    _admin: Admin,
+) -> ApiResult<Json<Vec<AppRelease>>> {
+    Ok(Json(app_releases::list(&st).await?))
+}
+
+async fn upload_app_release(
+    State(st): State<AppState>,
+    admin: Admin,
+    JsonBody(req): JsonBody<UploadAppRelease>,
+) -> ApiResult<(StatusCode, Json<AppRelease>)> {
+    let r = app_releases::upload(&st, &admin.actor(), req).await?;
+    Ok((StatusCode::CREATED, Json(r)))
+}
+
+async fn show_app_release(
+    State(st): State<AppState>,
+    _admin: Admin,
+    Path(id): Path<String>,
+) -> ApiResult<Json<AppRelease>> {
+    Ok(Json(app_releases::load(&st, &id).await?))
 }
 
 #[derive(Debug, Deserialize)]

@@ -100,6 +100,7 @@ impl FromRequestParts<AppState> for Admin {
 /// An authenticated, accepted device, with what the poll path needs (one indexed query).
 pub struct DeviceAuth {
     pub id: String,
+    /// The `ETag` of the whole target state (OS and apps).
     pub target_etag: String,
     pub last_seen: Option<i64>,
 }
@@ -110,7 +111,7 @@ impl FromRequestParts<AppState> for DeviceAuth {
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> ApiResult<Self> {
         let token = bearer(parts)?;
         let row = sqlx::query(
-            "SELECT t.revoked_at, d.id, d.status, d.target_etag, d.last_seen \
+            "SELECT t.revoked_at, d.id, d.status, d.target_etag, d.app_etag, d.last_seen \
              FROM device_tokens t JOIN devices d ON d.id = t.device_id WHERE t.token_hash = $1",
         )
         .bind(hash_secret(token))
@@ -137,7 +138,10 @@ impl FromRequestParts<AppState> for DeviceAuth {
         }
         Ok(DeviceAuth {
             id: row.try_get("id")?,
-            target_etag: row.try_get("target_etag")?,
+            target_etag: crate::rollouts::combined_etag(
+                &row.try_get::<String, _>("target_etag")?,
+                &row.try_get::<String, _>("app_etag")?,
+            ),
             last_seen: row.try_get("last_seen")?,
         })
     }

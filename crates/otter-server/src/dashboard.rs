@@ -468,7 +468,9 @@ async fn device(State(st): State<AppState>, _v: Viewer, Path(id): Path<String>) 
             esc(v.as_deref().unwrap_or("–"))
         );
     }
-    body.push_str("</table><h2>History</h2><table id=\"history\"><tr><th>when</th><th>who</th><th>what</th><th>detail</th></tr>");
+    body.push_str("</table>");
+    device_apps(&mut body, &d);
+    body.push_str("<h2>History</h2><table id=\"history\"><tr><th>when</th><th>who</th><th>what</th><th>detail</th></tr>");
     for h in &history {
         let _ = write!(
             body,
@@ -492,6 +494,57 @@ async fn device(State(st): State<AppState>, _v: Viewer, Path(id): Path<String>) 
     }
     body.push_str("</pre>");
     Ok(page(&format!("Device {id}"), &body))
+}
+
+/// The device page's apps: source and app release, the last app update, each service.
+fn device_apps(body: &mut String, d: &otter_proto::admin::Device) {
+    body.push_str("<h2>Apps</h2><table id=\"apps\">");
+    let row = |body: &mut String, k: &str, v: &str| {
+        let _ = write!(body, "<tr><th>{}</th><td>{}</td></tr>", esc(k), esc(v));
+    };
+    row(
+        body,
+        "target",
+        d.target_app_version.as_deref().unwrap_or("–"),
+    );
+    if let Some(p) = &d.pinned_app_release {
+        row(body, "pinned to", p);
+    }
+    let Some(a) = &d.apps else {
+        row(body, "running", "– (not reported)");
+        body.push_str("</table>");
+        return;
+    };
+    row(
+        body,
+        "running",
+        &format!("{} {}", a.source, a.version.as_deref().unwrap_or("")),
+    );
+    if let Some(l) = &a.last_apply {
+        let mut v = format!("{} {}", l.version, l.phase.as_str());
+        if let Some(p) = &l.progress {
+            let _ = write!(v, " ({p})");
+        }
+        if let Some(e) = &l.error {
+            let _ = write!(v, ": {e}");
+        }
+        row(body, "last update", &v);
+    }
+    body.push_str("</table><table id=\"services\"><tr><th>service</th><th>state</th><th>health</th><th>restarts</th><th>image</th></tr>");
+    for s in &a.services {
+        let class = if s.is_ok() { "ok" } else { "bad" };
+        let _ = write!(
+            body,
+            "<tr><td>{}.{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+            esc(&s.app),
+            esc(&s.service),
+            pill(class, &s.state),
+            pill(class, &s.health),
+            s.restarts,
+            esc(&s.image)
+        );
+    }
+    body.push_str("</table>");
 }
 
 async fn releases_page(State(st): State<AppState>, _v: Viewer) -> PageResult {
@@ -528,12 +581,20 @@ async fn rollout_page(
 ) -> PageResult {
     let r = rollouts::load(&st, &id).await?;
     let mut body = format!(
-        "<h1>Rollout {} {}</h1><p>Release <b>{}</b> ({}) for <b>{}</b>: {} device(s). Advance at {:.0}% success, pause above {:.0}% failures, devices silent for {} s count as failed. Created {} by {}.</p>",
+        "<h1>Rollout {} {}</h1><p>{} <b>{}</b> ({}) for <b>{}</b>: {} device(s). Advance at {:.0}% success, pause above {:.0}% failures, devices silent for {} s count as failed. Created {} by {}.</p>",
         esc(&r.id),
         pill(r.state.as_str(), r.state.as_str()),
+        match r.kind {
+            otter_proto::admin::RolloutKind::Os => "Release",
+            otter_proto::admin::RolloutKind::Apps => "App release (no reboot)",
+        },
         esc(&r.version),
         esc(&r.release_id),
-        esc(&r.compatible),
+        esc(if r.compatible.is_empty() {
+            "any board"
+        } else {
+            &r.compatible
+        }),
         r.total_devices,
         r.success_threshold * 100.0,
         r.failure_threshold * 100.0,

@@ -28,7 +28,8 @@ pub struct Db {
 }
 
 /// Schema versions, applied in order. `{ID}` becomes an auto-increment primary key column.
-const MIGRATIONS: &[&str] = &[r#"
+const MIGRATIONS: &[&str] = &[
+    r#"
 CREATE TABLE settings (name TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE admin_tokens (token_hash TEXT PRIMARY KEY, name TEXT NOT NULL, created_at BIGINT NOT NULL, revoked_at BIGINT);
 CREATE TABLE enrollment_keys (id TEXT PRIMARY KEY, name TEXT NOT NULL, key_hash TEXT NOT NULL UNIQUE, created_at BIGINT NOT NULL, created_by TEXT NOT NULL, revoked_at BIGINT);
@@ -106,7 +107,28 @@ CREATE TABLE audit (id {ID}, at BIGINT NOT NULL, actor TEXT NOT NULL, action TEX
 CREATE INDEX audit_subject ON audit (subject, id);
 CREATE TABLE device_logs (id {ID}, device_id TEXT NOT NULL, ts BIGINT NOT NULL, received_at BIGINT NOT NULL, level TEXT NOT NULL, source TEXT, message TEXT NOT NULL);
 CREATE INDEX device_logs_device ON device_logs (device_id, id);
-"#];
+"#,
+    r#"
+CREATE TABLE app_releases (
+  id TEXT PRIMARY KEY,
+  version TEXT NOT NULL UNIQUE,
+  digest TEXT NOT NULL,
+  set_json TEXT NOT NULL,
+  apps TEXT NOT NULL,
+  images TEXT NOT NULL,
+  uploaded_at BIGINT NOT NULL,
+  uploaded_by TEXT NOT NULL
+);
+ALTER TABLE devices ADD COLUMN pinned_app_release_id TEXT;
+ALTER TABLE devices ADD COLUMN app_rollout_id TEXT;
+ALTER TABLE devices ADD COLUMN app_rollout_release_id TEXT;
+ALTER TABLE devices ADD COLUMN target_app_release_id TEXT;
+ALTER TABLE devices ADD COLUMN app_etag TEXT NOT NULL DEFAULT 'none';
+ALTER TABLE devices ADD COLUMN apps_json TEXT;
+CREATE INDEX devices_app_rollout ON devices (app_rollout_id);
+ALTER TABLE rollouts ADD COLUMN kind TEXT NOT NULL DEFAULT 'os'
+"#,
+];
 
 impl Db {
     /// Opens (creating a SQLite file if needed) and migrates. `url`: `sqlite://PATH` or

@@ -13,7 +13,7 @@ use futures::TryStreamExt;
 use object_store::{GetOptions, GetRange, ObjectStore};
 use otter_proto::{
     Challenge, EnrollRequest, EnrollResponse, EnrollStatus, HEADER_POLL_INTERVAL, LogAck, LogBatch,
-    MAX_LOG_BATCH, StateReport, TargetRelease, TargetState, paths,
+    MAX_LOG_BATCH, StateReport, TargetApps, TargetRelease, TargetState, paths,
 };
 use rand::Rng;
 use sqlx::Row;
@@ -320,13 +320,38 @@ async fn target(
             .into_response());
     }
     let row = sqlx::query(
-        "SELECT d.target_etag, d.rollout_id, d.pinned_release_id, r.id AS release_id, r.version, r.compatible, r.size, r.manifest_digest, r.object_path \
-         FROM devices d LEFT JOIN releases r ON r.id = d.target_release_id WHERE d.id = $1",
+        "SELECT d.target_etag, d.app_etag, d.rollout_id, d.pinned_release_id, d.app_rollout_id, d.pinned_app_release_id, \
+         r.id AS release_id, r.version, r.compatible, r.size, r.manifest_digest, r.object_path, \
+         a.id AS app_release_id, a.version AS app_version, a.digest AS app_digest, a.set_json AS app_set \
+         FROM devices d LEFT JOIN releases r ON r.id = d.target_release_id \
+         LEFT JOIN app_releases a ON a.id = d.target_app_release_id WHERE d.id = $1",
     )
     .bind(&dev.id)
     .fetch_one(&st.db.read)
     .await?;
-    let etag: String = row.try_get("target_etag")?;
+    let etag = rollouts::combined_etag(
+        &row.try_get::<String, _>("target_etag")?,
+        &row.try_get::<String, _>("app_etag")?,
+    );
+    let apps = match row.try_get::<Option<String>, _>("app_release_id")? {
+        None => None,
+        Some(id) => {
+            let pinned: Option<String> = row.try_get("pinned_app_release_id")?;
+            let set_json: String = row.try_get("app_set")?;
+            Some(TargetApps {
+                app_release_id: id,
+                version: row.try_get("app_version")?,
+                digest: row.try_get("app_digest")?,
+                set: serde_json::from_str(&set_json)
+                    .map_err(|e| ApiErr::internal("decoding an app set", e))?,
+                rollout_id: if pinned.is_some() {
+                    None
+                } else {
+                    row.try_get("app_rollout_id")?
+                },
+            })
+        }
+    };
     let release = match row.try_get::<Option<String>, _>("release_id")? {
         None => None,
         Some(id) => {
@@ -362,6 +387,7 @@ async fn target(
         device_id: dev.id,
         release,
         poll_interval_secs: interval,
+        apps,
     };
     Ok((
         [
@@ -415,8 +441,17 @@ async fn report(
         check_len("rollbacks[].version", Some(&rb.version), 64)?;
         check_len("rollbacks[].reason", Some(&rb.reason), 4096)?;
     }
+    if let Some(a) = &r.apps {
+        check_apps_report(a)?;
+    }
     let now = now_ms();
     let actor = format!("device:{}", dev.id);
+    let apps_json = match &r.apps {
+        Some(a) => {
+            Some(serde_json::to_string(a).map_err(|e| ApiErr::internal("encoding the apps", e))?)
+        }
+        None => None,
+    };
     let update_json = match &r.update {
         Some(u) => {
             Some(serde_json::to_string(u).map_err(|e| ApiErr::internal("encoding the update", e))?)
@@ -424,7 +459,7 @@ async fn report(
         None => None,
     };
     let mut tx = st.db.write.begin().await?;
-    let prev = sqlx::query("SELECT update_json, os_version FROM devices WHERE id = $1")
+    let prev = sqlx::query("SELECT update_json, os_version, apps_json FROM devices WHERE id = $1")
         .bind(&dev.id)
         .fetch_one(&mut *tx)
         .await?;
@@ -432,6 +467,29 @@ async fn report(
         .try_get::<Option<String>, _>("update_json")?
         .and_then(|s| serde_json::from_str(&s).ok());
     let prev_os: Option<String> = prev.try_get("os_version")?;
+    let prev_apps: Option<otter_proto::AppsReport> = prev
+        .try_get::<Option<String>, _>("apps_json")?
+        .and_then(|s| serde_json::from_str(&s).ok());
+    if apps_json.is_some() {
+        sqlx::query("UPDATE devices SET apps_json = $1 WHERE id = $2")
+            .bind(&apps_json)
+            .bind(&dev.id)
+            .execute(&mut *tx)
+            .await?;
+    }
+    // History: a new app-release phase, and a change of what runs.
+    if let Some(a) = &r.apps {
+        let prev_apply = prev_apps.as_ref().and_then(|p| p.last_apply.as_ref());
+        if let Some(l) = &a.last_apply
+            && prev_apply.is_none_or(|p| p.app_release_id != l.app_release_id || p.phase != l.phase)
+        {
+            let detail = match &l.error {
+                Some(e) => format!("apps {} {}: {e}", l.version, l.phase.as_str()),
+                None => format!("apps {} {}", l.version, l.phase.as_str()),
+            };
+            audit(&mut *tx, &actor, "apps", &actor, &detail).await?;
+        }
+    }
     sqlx::query(
         "UPDATE devices SET os_version = COALESCE($1, os_version), booted_slot = COALESCE($2, booted_slot), \
          update_json = $3, health = COALESCE($4, health), uptime_secs = COALESCE($5, uptime_secs), \
@@ -481,6 +539,48 @@ async fn report(
     rollouts::record_report(&mut tx, &dev.id, &r, now).await?;
     tx.commit().await?;
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// Bounds on an apps report (the device's own data, stored as it came).
+fn check_apps_report(a: &otter_proto::AppsReport) -> ApiResult<()> {
+    check_len("apps.source", Some(&a.source), 16)?;
+    check_len("apps.app_release_id", a.app_release_id.as_deref(), 64)?;
+    check_len("apps.version", a.version.as_deref(), 64)?;
+    if a.services.len() > 500 {
+        return Err(ApiErr::bad_request(
+            "invalid_field",
+            "at most 500 services in apps.services",
+        ));
+    }
+    for s in &a.services {
+        check_len("apps.services[].app", Some(&s.app), 64)?;
+        check_len("apps.services[].service", Some(&s.service), 64)?;
+        check_len("apps.services[].image", Some(&s.image), 512)?;
+        check_len("apps.services[].state", Some(&s.state), 32)?;
+        check_len("apps.services[].health", Some(&s.health), 32)?;
+    }
+    if let Some(l) = &a.last_apply {
+        check_len(
+            "apps.last_apply.app_release_id",
+            Some(&l.app_release_id),
+            64,
+        )?;
+        check_len("apps.last_apply.version", Some(&l.version), 64)?;
+        check_len("apps.last_apply.progress", l.progress.as_deref(), 1024)?;
+        check_len("apps.last_apply.error", l.error.as_deref(), 4096)?;
+        if l.apps.len() > 100 {
+            return Err(ApiErr::bad_request(
+                "invalid_field",
+                "at most 100 entries in apps.last_apply.apps",
+            ));
+        }
+        for o in &l.apps {
+            check_len("apps.last_apply.apps[].app", Some(&o.app), 64)?;
+            check_len("apps.last_apply.apps[].result", Some(&o.result), 32)?;
+            check_len("apps.last_apply.apps[].reason", o.reason.as_deref(), 4096)?;
+        }
+    }
+    Ok(())
 }
 
 async fn logs(

@@ -15,6 +15,7 @@
 //! ```
 
 mod admin_api;
+pub mod app_releases;
 pub mod auth;
 pub mod dashboard;
 pub mod db;

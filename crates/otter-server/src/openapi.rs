@@ -39,7 +39,7 @@ pub fn document() -> Value {
     let os = |t: &str| json!({"type": [t, "null"]});
     let dev = Some("deviceToken");
     let adm = Some("adminToken");
-    json!({
+    let mut doc = json!({
         "openapi": "3.1.0",
         "info": {"title": "Otter fleet server", "version": env!("CARGO_PKG_VERSION"),
                  "description": "Device and admin API of otter server. See docs/api.md."},
@@ -65,7 +65,8 @@ pub fn document() -> Value {
                 "TargetState": obj(&["device_id", "release", "poll_interval_secs"], json!({
                     "device_id": s("string"),
                     "release": {"oneOf": [{"$ref": "#/components/schemas/TargetRelease"}, {"type": "null"}]},
-                    "poll_interval_secs": s("integer")})),
+                    "poll_interval_secs": s("integer"),
+                    "apps": {"$ref": "#/components/schemas/TargetApps", "description": "absent: keep the apps the device runs"}})),
                 "UpdateReport": obj(&["version", "phase"], json!({
                     "version": s("string"),
                     "phase": {"enum": ["downloading", "installing", "installed", "rebooting", "trying", "committed", "failed", "rolled_back"]},
@@ -75,7 +76,8 @@ pub fn document() -> Value {
                     "update": {"oneOf": [{"$ref": "#/components/schemas/UpdateReport"}, {"type": "null"}]},
                     "rollbacks": {"type": "array", "items": obj(&["version", "reason"], json!({"version": s("string"), "reason": s("string"), "at_ms": os("integer")}))},
                     "health": {"enum": ["healthy", "degraded", "unhealthy", null]},
-                    "uptime_secs": os("integer"), "free_bytes": os("integer")}},
+                    "uptime_secs": os("integer"), "free_bytes": os("integer"),
+                    "apps": {"oneOf": [{"$ref": "#/components/schemas/AppsReport"}, {"type": "null"}]}}},
                 "LogBatch": obj(&["entries"], json!({"entries": {"type": "array", "maxItems": 1000, "items": obj(&["ts_ms", "message"], json!({
                     "ts_ms": s("integer"), "level": s("string"), "source": os("string"), "message": s("string")}))}})),
                 "LogAck": obj(&["accepted"], json!({"accepted": s("integer")})),
@@ -85,7 +87,7 @@ pub fn document() -> Value {
                 "ReleaseList": {"type": "array", "items": {"$ref": "#/components/schemas/Release"}},
                 "Rollout": {"type": "object", "description": "otter_proto::admin::Rollout"},
                 "RolloutList": {"type": "array", "items": {"$ref": "#/components/schemas/Rollout"}},
-                "CreateRollout": {"type": "object", "description": "otter_proto::admin::CreateRollout"},
+                "CreateRollout": {"type": "object", "description": "otter_proto::admin::CreateRollout: `release` (OS release) or `app_release`, selector, phases, thresholds, device_deadline_secs"},
                 "TagChange": obj(&[], json!({"add": {"type": "array", "items": s("string")}, "remove": {"type": "array", "items": s("string")}})),
                 "PinRequest": obj(&["release"], json!({"release": os("string")})),
                 "EnrollmentKey": {"type": "object", "description": "otter_proto::admin::EnrollmentKey"},
@@ -122,6 +124,7 @@ pub fn document() -> Value {
             "/api/v1/admin/devices/{id}/revoke": {"post": op("revoke the device's tokens", adm, None, ("200", Some("Device")))},
             "/api/v1/admin/devices/{id}/tags": {"post": op("add/remove tags", adm, Some("TagChange"), ("200", Some("Device")))},
             "/api/v1/admin/devices/{id}/pin": {"post": op("pin to a release or unpin", adm, Some("PinRequest"), ("200", Some("Device")))},
+            "/api/v1/admin/devices/{id}/pin-apps": {"post": op("pin the device's apps to an app release or unpin", adm, Some("PinAppsRequest"), ("200", Some("Device")))},
             "/api/v1/admin/devices/{id}/logs": {"get": op("log lines (after, limit)", adm, None, ("200", Some("LogLines")))},
             "/api/v1/admin/enrollment-keys": {
                 "get": op("enrollment keys (no secrets)", adm, None, ("200", Some("EnrollmentKey"))),
@@ -133,6 +136,10 @@ pub fn document() -> Value {
             "/api/v1/admin/releases": {
                 "get": op("releases", adm, None, ("200", Some("ReleaseList"))),
                 "post": op("upload a signed bundle", adm, Some("bundle"), ("201", Some("Release")))},
+            "/api/v1/admin/app-releases": {
+                "get": op("app releases (without their sets)", adm, None, ("200", Some("AppReleaseList"))),
+                "post": op("upload an app release: compose subset checked, every image pinned by digest", adm, Some("UploadAppRelease"), ("201", Some("AppRelease")))},
+            "/api/v1/admin/app-releases/{id}": {"get": op("one app release (id or version) with its set", adm, None, ("200", Some("AppRelease")))},
             "/api/v1/admin/rollouts": {
                 "get": op("rollouts", adm, None, ("200", Some("RolloutList"))),
                 "post": op("create a phased rollout", adm, Some("CreateRollout"), ("201", Some("Rollout")))},
@@ -140,6 +147,52 @@ pub fn document() -> Value {
             "/api/v1/admin/rollouts/{id}/{action}": {"post": op("pause, resume or abort", adm, None, ("200", Some("Rollout")))},
             "/api/v1/admin/audit": {"get": op("recorded state changes (subject, limit)", adm, None, ("200", Some("AuditList")))}
         }
+    });
+    if let (Some(all), Value::Object(apps)) =
+        (doc["components"]["schemas"].as_object_mut(), app_schemas())
+    {
+        all.extend(apps);
+    }
+    doc
+}
+
+/// The schemas of app releases (apart from the rest: one `json!` of everything would exceed
+/// the macro recursion limit).
+fn app_schemas() -> Value {
+    let s = |t: &str| json!({"type": t});
+    let os = |t: &str| json!({"type": [t, "null"]});
+    json!({
+                "AppSet": {"type": "object", "additionalProperties": false, "required": ["apps"], "properties": {
+                    "apps": {"type": "array", "items": {"type": "object", "additionalProperties": false, "required": ["name", "compose"], "properties": {
+                        "name": {"type": "string", "description": "a-z 0-9 - _, 1-63 characters"},
+                        "compose": {"type": "string", "description": "compose file text (the subset of docs/apps.md)"},
+                        "images": {"type": "object", "additionalProperties": s("string"), "description": "service → image reference (NAME@sha256:…)"}}}}}},
+                "TargetApps": obj(&["app_release_id", "version", "digest", "set"], json!({
+                    "app_release_id": s("string"), "version": s("string"),
+                    "digest": {"type": "string", "description": "SHA-256 hex of the set's JSON as serialised by the server"},
+                    "set": {"$ref": "#/components/schemas/AppSet"}, "rollout_id": os("string")})),
+                "AppsReport": {"type": "object", "additionalProperties": false, "required": ["source"], "properties": {
+                    "source": {"enum": ["builtin", "applied", "release"]},
+                    "app_release_id": os("string"), "version": os("string"),
+                    "last_apply": {"oneOf": [{"type": "null"}, {"type": "object", "additionalProperties": false, "required": ["app_release_id", "version", "phase"], "properties": {
+                        "app_release_id": s("string"), "version": s("string"),
+                        "phase": {"enum": ["applying", "applied", "rolled_back", "failed", "refused", "deferred"]},
+                        "progress": os("string"), "error": os("string"),
+                        "apps": {"type": "array", "items": obj(&["app", "result"], json!({"app": s("string"), "result": s("string"), "reason": os("string")}))}}}]},
+                    "services": {"type": "array", "maxItems": 500, "items": obj(&["app", "service", "image", "state", "health"], json!({
+                        "app": s("string"), "service": s("string"), "image": s("string"),
+                        "state": {"enum": ["running", "starting", "exited", "failed", "inactive", "unknown"]},
+                        "health": {"enum": ["none", "starting", "healthy", "unhealthy"]}, "restarts": s("integer")}))}}},
+                "PinAppsRequest": obj(&["app_release"], json!({"app_release": os("string")})),
+                "UploadAppRelease": {"type": "object", "additionalProperties": false, "required": ["version", "set"], "properties": {
+                    "version": {"type": "string", "description": "1-64 of A-Z a-z 0-9 . _ - +, unique"},
+                    "set": {"$ref": "#/components/schemas/AppSet"}}},
+                "AppRelease": obj(&["id", "version", "digest", "apps", "images", "uploaded_at_ms", "uploaded_by"], json!({
+                    "id": s("string"), "version": s("string"), "digest": s("string"),
+                    "apps": {"type": "array", "items": s("string")}, "images": {"type": "array", "items": s("string")},
+                    "uploaded_at_ms": s("integer"), "uploaded_by": s("string"),
+                    "set": {"$ref": "#/components/schemas/AppSet", "description": "only in GET /app-releases/{id}"}})),
+                "AppReleaseList": {"type": "array", "items": {"$ref": "#/components/schemas/AppRelease"}}
     })
 }
 

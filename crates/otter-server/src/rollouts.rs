@@ -8,13 +8,18 @@
 //! `UPDATE` in a transaction, so two processes never both apply it) pauses a rollout whose failure
 //! ratio exceeds its threshold, and advances it when the current phase has soaked long enough and
 //! its success ratio reaches the threshold. Every change is recorded in the audit table.
+//!
+//! A rollout updates either the devices' OS (an OS release) or their apps (an app release,
+//! applied without a reboot): the two kinds use their own device columns ([`Cols`]), so a
+//! device can be in one rollout of each kind at once, and a pin of one kind does not stop a
+//! rollout of the other.
 
 use std::collections::HashMap;
 
 use otter_proto::admin::{
-    CreateRollout, PhaseSpec, PhaseStatus, Rollout, RolloutFailure, RolloutState,
+    CreateRollout, PhaseSpec, PhaseStatus, Rollout, RolloutFailure, RolloutKind, RolloutState,
 };
-use otter_proto::{StateReport, UpdatePhase};
+use otter_proto::{AppPhase, StateReport, UpdatePhase};
 use rand::seq::SliceRandom;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -35,28 +40,94 @@ pub fn etag_for(release_id: Option<&str>, source: Option<&str>) -> String {
     }
 }
 
-/// Recomputes one device's target from its pin and rollout (inside the caller's transaction).
+/// The device columns a rollout kind works on.
+#[derive(Debug, Clone, Copy)]
+pub struct Cols {
+    /// The rollout the device is in.
+    pub rollout: &'static str,
+    /// That rollout's release.
+    pub release: &'static str,
+    pub pin: &'static str,
+    /// What `GET /target` answers (pin, else rollout).
+    pub target: &'static str,
+    pub etag: &'static str,
+}
+
+pub const OS: Cols = Cols {
+    rollout: "rollout_id",
+    release: "rollout_release_id",
+    pin: "pinned_release_id",
+    target: "target_release_id",
+    etag: "target_etag",
+};
+
+pub const APPS: Cols = Cols {
+    rollout: "app_rollout_id",
+    release: "app_rollout_release_id",
+    pin: "pinned_app_release_id",
+    target: "target_app_release_id",
+    etag: "app_etag",
+};
+
+pub fn cols(kind: RolloutKind) -> Cols {
+    match kind {
+        RolloutKind::Os => OS,
+        RolloutKind::Apps => APPS,
+    }
+}
+
+fn parse_kind(s: &str) -> RolloutKind {
+    if s == "apps" {
+        RolloutKind::Apps
+    } else {
+        RolloutKind::Os
+    }
+}
+
+/// The `ETag` of a device's whole target state: the OS part alone while no app release is
+/// targeted (so it is what it was before app releases existed).
+pub fn combined_etag(os: &str, apps: &str) -> String {
+    if apps == "none" {
+        os.to_owned()
+    } else {
+        format!("{os}-{apps}")
+    }
+}
+
+/// Recomputes one device's targets (OS and apps) from its pins and rollouts (inside the
+/// caller's transaction).
 pub async fn refresh_target(tx: &mut Transaction<'_, Any>, device_id: &str) -> sqlx::Result<()> {
-    let row = sqlx::query(
-        "SELECT pinned_release_id, rollout_id, rollout_release_id FROM devices WHERE id = $1",
-    )
+    for c in [OS, APPS] {
+        refresh_kind(tx, device_id, c).await?;
+    }
+    Ok(())
+}
+
+async fn refresh_kind(tx: &mut Transaction<'_, Any>, device_id: &str, c: Cols) -> sqlx::Result<()> {
+    let row = sqlx::query(&format!(
+        "SELECT {} AS pin, {} AS rollout, {} AS rollout_release FROM devices WHERE id = $1",
+        c.pin, c.rollout, c.release
+    ))
     .bind(device_id)
     .fetch_one(&mut **tx)
     .await?;
-    let pinned: Option<String> = row.try_get("pinned_release_id")?;
-    let rollout: Option<String> = row.try_get("rollout_id")?;
-    let rollout_release: Option<String> = row.try_get("rollout_release_id")?;
+    let pinned: Option<String> = row.try_get("pin")?;
+    let rollout: Option<String> = row.try_get("rollout")?;
+    let rollout_release: Option<String> = row.try_get("rollout_release")?;
     let (target, etag) = match (&pinned, &rollout_release) {
         (Some(p), _) => (Some(p.clone()), etag_for(Some(p), Some("pin"))),
         (None, Some(r)) => (Some(r.clone()), etag_for(Some(r), rollout.as_deref())),
         (None, None) => (None, etag_for(None, None)),
     };
-    sqlx::query("UPDATE devices SET target_release_id = $1, target_etag = $2 WHERE id = $3")
-        .bind(target)
-        .bind(etag)
-        .bind(device_id)
-        .execute(&mut **tx)
-        .await?;
+    sqlx::query(&format!(
+        "UPDATE devices SET {} = $1, {} = $2 WHERE id = $3",
+        c.target, c.etag
+    ))
+    .bind(target)
+    .bind(etag)
+    .bind(device_id)
+    .execute(&mut **tx)
+    .await?;
     Ok(())
 }
 
@@ -172,12 +243,42 @@ pub async fn create(st: &AppState, actor: &str, spec: CreateRollout) -> ApiResul
     let failure = spec.failure_threshold.unwrap_or(DEFAULT_FAILURE_THRESHOLD);
     let deadline = spec.device_deadline_secs.unwrap_or(DEFAULT_DEADLINE_SECS);
     check_spec(&phases, success, failure, deadline)?;
-    let (release_id, version, compatible) = resolve_release(st, &spec.release).await?;
+    let app_release = spec.app_release.as_deref().filter(|a| !a.is_empty());
+    let (kind, release_id, version, compatible) = match (spec.release.is_empty(), app_release) {
+        (false, None) => {
+            let (id, v, c) = resolve_release(st, &spec.release).await?;
+            (RolloutKind::Os, id, v, Some(c))
+        }
+        (true, Some(a)) => {
+            let ar = crate::app_releases::load(st, a).await?;
+            (RolloutKind::Apps, ar.id, ar.version, None)
+        }
+        (false, Some(_)) => {
+            return Err(ApiErr::bad_request(
+                "invalid_rollout",
+                "give either `release` (an OS release) or `app_release`, not both",
+            ));
+        }
+        (true, None) => {
+            return Err(ApiErr::bad_request(
+                "invalid_rollout",
+                "give `release` (an OS release id or version) or `app_release` (an app release)",
+            ));
+        }
+    };
+    let c = cols(kind);
+    let what = match kind {
+        RolloutKind::Os => "release",
+        RolloutKind::Apps => "app release",
+    };
 
-    // Devices in an unfinished rollout are not taken by another one.
+    // Devices in an unfinished rollout (of the same kind) are not taken by another one.
+    // Every device of such a rollout counts, also those of phases not started yet.
     let busy_rows = sqlx::query(
-        "SELECT d.id FROM devices d JOIN rollouts r ON r.id = d.rollout_id WHERE r.state IN ('active', 'paused')",
+        "SELECT rd.device_id AS id FROM rollout_devices rd JOIN rollouts r ON r.id = rd.rollout_id \
+         WHERE r.state IN ('active', 'paused') AND r.kind = $1",
     )
+    .bind(kind.as_str())
     .fetch_all(&st.db.read)
     .await?;
     let mut busy = std::collections::HashSet::new();
@@ -186,10 +287,13 @@ pub async fn create(st: &AppState, actor: &str, spec: CreateRollout) -> ApiResul
     }
     let mut devices: Vec<String> = Vec::new();
     if spec.selector.devices.is_empty() {
-        let rows = sqlx::query(
-            "SELECT id, tags FROM devices WHERE status = 'accepted' AND compatible = $1 AND pinned_release_id IS NULL",
-        )
-        .bind(&compatible)
+        // An app release runs on any board (its images name their platforms).
+        let rows = sqlx::query(&format!(
+            "SELECT id, tags FROM devices WHERE status = 'accepted' AND {} IS NULL AND (compatible = $1 OR $2 = 1)",
+            c.pin
+        ))
+        .bind(compatible.clone().unwrap_or_default())
+        .bind(i64::from(compatible.is_none()))
         .fetch_all(&st.db.read)
         .await?;
         for r in rows {
@@ -206,9 +310,10 @@ pub async fn create(st: &AppState, actor: &str, spec: CreateRollout) -> ApiResul
         }
     } else {
         for id in &spec.selector.devices {
-            let r = sqlx::query(
-                "SELECT status, compatible, tags, pinned_release_id FROM devices WHERE id = $1",
-            )
+            let r = sqlx::query(&format!(
+                "SELECT status, compatible, tags, {} AS pin FROM devices WHERE id = $1",
+                c.pin
+            ))
             .bind(id)
             .fetch_optional(&st.db.read)
             .await?
@@ -219,7 +324,9 @@ pub async fn create(st: &AppState, actor: &str, spec: CreateRollout) -> ApiResul
                 )
             })?;
             let dc: String = r.try_get("compatible")?;
-            if dc != compatible {
+            if let Some(compatible) = &compatible
+                && &dc != compatible
+            {
                 return Err(ApiErr::bad_request(
                     "incompatible_board",
                     format!("device {id} is {dc}; release {version} is for {compatible}"),
@@ -232,18 +339,16 @@ pub async fn create(st: &AppState, actor: &str, spec: CreateRollout) -> ApiResul
                     format!("device {id} is {status}"),
                 ));
             }
-            if r.try_get::<Option<String>, _>("pinned_release_id")?
-                .is_some()
-            {
+            if r.try_get::<Option<String>, _>("pin")?.is_some() {
                 return Err(ApiErr::conflict(
                     "device_pinned",
-                    format!("device {id} is pinned to a release; unpin it first"),
+                    format!("device {id} is pinned to an {what}; unpin it first"),
                 ));
             }
             if busy.contains(id) {
                 return Err(ApiErr::conflict(
                     "device_in_rollout",
-                    format!("device {id} is in another active or paused rollout"),
+                    format!("device {id} is in another active or paused rollout of an {what}"),
                 ));
             }
             let tags: String = r.try_get("tags")?;
@@ -259,10 +364,14 @@ pub async fn create(st: &AppState, actor: &str, spec: CreateRollout) -> ApiResul
         }
     }
     if devices.is_empty() {
+        let board = compatible
+            .as_ref()
+            .map(|c| format!(" of board {c}"))
+            .unwrap_or_default();
         return Err(ApiErr::bad_request(
             "no_devices",
             format!(
-                "no accepted, unpinned device of board {compatible} outside other rollouts matches the selector"
+                "no accepted device{board} without an {what} pin and outside other rollouts of one matches the selector"
             ),
         ));
     }
@@ -281,8 +390,8 @@ pub async fn create(st: &AppState, actor: &str, spec: CreateRollout) -> ApiResul
     let id = crate::auth::new_id();
     let mut tx = st.db.write.begin().await?;
     sqlx::query(
-        "INSERT INTO rollouts (id, release_id, state, phase, phases_json, success_threshold, failure_threshold, deadline_secs, total, phase_started_at, created_at, created_by, updated_at) \
-         VALUES ($1, $2, 'active', 0, $3, $4, $5, $6, $7, $8, $8, $9, $8)",
+        "INSERT INTO rollouts (id, release_id, state, phase, phases_json, success_threshold, failure_threshold, deadline_secs, total, phase_started_at, created_at, created_by, updated_at, kind) \
+         VALUES ($1, $2, 'active', 0, $3, $4, $5, $6, $7, $8, $8, $9, $8, $10)",
     )
     .bind(&id)
     .bind(&release_id)
@@ -293,6 +402,7 @@ pub async fn create(st: &AppState, actor: &str, spec: CreateRollout) -> ApiResul
     .bind(devices.len() as i64)
     .bind(now)
     .bind(actor)
+    .bind(kind.as_str())
     .execute(&mut *tx)
     .await?;
     // Many rows per statement: 100,000 single inserts would hold the writer for long.
@@ -327,13 +437,13 @@ pub async fn create(st: &AppState, actor: &str, spec: CreateRollout) -> ApiResul
         "rollout_created",
         &format!("rollout:{id}"),
         &format!(
-            "release {version} ({release_id}) to {} device(s), phases {}",
+            "{what} {version} ({release_id}) to {} device(s), phases {}",
             devices.len(),
             phase_text.join(" → ")
         ),
     )
     .await?;
-    start_phase(&mut tx, &id, &release_id, 0, now).await?;
+    start_phase(&mut tx, c, &id, &release_id, 0, now).await?;
     tx.commit().await?;
     Ok(id)
 }
@@ -341,17 +451,23 @@ pub async fn create(st: &AppState, actor: &str, spec: CreateRollout) -> ApiResul
 /// Targets the devices of phase `phase` (not pinned ones: a pin wins).
 async fn start_phase(
     tx: &mut Transaction<'_, Any>,
+    c: Cols,
     rollout_id: &str,
     release_id: &str,
     phase: i64,
     now: i64,
 ) -> sqlx::Result<()> {
-    sqlx::query(
-        "UPDATE devices SET rollout_id = $1, rollout_release_id = $2, \
-         target_release_id = CASE WHEN pinned_release_id IS NULL THEN $2 ELSE target_release_id END, \
-         target_etag = CASE WHEN pinned_release_id IS NULL THEN $3 ELSE target_etag END \
+    sqlx::query(&format!(
+        "UPDATE devices SET {rollout} = $1, {release} = $2, \
+         {target} = CASE WHEN {pin} IS NULL THEN $2 ELSE {target} END, \
+         {etag} = CASE WHEN {pin} IS NULL THEN $3 ELSE {etag} END \
          WHERE id IN (SELECT device_id FROM rollout_devices WHERE rollout_id = $1 AND phase = $4)",
-    )
+        rollout = c.rollout,
+        release = c.release,
+        target = c.target,
+        pin = c.pin,
+        etag = c.etag,
+    ))
     .bind(rollout_id)
     .bind(release_id)
     .bind(etag_for(Some(release_id), Some(rollout_id)))
@@ -369,9 +485,21 @@ async fn start_phase(
     Ok(())
 }
 
-/// Applies a device's report to its rollout: success when it committed or runs the release,
-/// failure on an install error or a rollback of it.
+/// Applies a device's report to its rollouts. OS: success when it committed or runs the
+/// release, failure on an install error or a rollback of it. Apps: success when the app
+/// release is applied and every service runs (healthy, where it has a health check), failure
+/// when it was rolled back, failed or refused.
 pub async fn record_report(
+    tx: &mut Transaction<'_, Any>,
+    device_id: &str,
+    r: &StateReport,
+    now: i64,
+) -> sqlx::Result<()> {
+    record_os(tx, device_id, r, now).await?;
+    record_apps(tx, device_id, r, now).await
+}
+
+async fn record_os(
     tx: &mut Transaction<'_, Any>,
     device_id: &str,
     r: &StateReport,
@@ -409,6 +537,68 @@ pub async fn record_report(
     let Some((state, reason)) = outcome else {
         return Ok(());
     };
+    finish_device(tx, &rollout_id, device_id, state, &reason, now).await
+}
+
+async fn record_apps(
+    tx: &mut Transaction<'_, Any>,
+    device_id: &str,
+    r: &StateReport,
+    now: i64,
+) -> sqlx::Result<()> {
+    let Some(apps) = &r.apps else { return Ok(()) };
+    let row = sqlx::query(
+        "SELECT d.app_rollout_id, d.app_rollout_release_id FROM devices d \
+         JOIN rollout_devices rd ON rd.rollout_id = d.app_rollout_id AND rd.device_id = d.id \
+         WHERE d.id = $1 AND rd.state = 'targeted'",
+    )
+    .bind(device_id)
+    .fetch_optional(&mut **tx)
+    .await?;
+    let Some(row) = row else { return Ok(()) };
+    let rollout_id: String = row.try_get("app_rollout_id")?;
+    let release_id: String = row.try_get("app_rollout_release_id")?;
+    let Some((state, reason)) = app_outcome(apps, &release_id) else {
+        return Ok(());
+    };
+    finish_device(tx, &rollout_id, device_id, state, &reason, now).await
+}
+
+/// What an apps report means for a rollout of app release `release_id`.
+pub fn app_outcome(
+    apps: &otter_proto::AppsReport,
+    release_id: &str,
+) -> Option<(&'static str, String)> {
+    if let Some(l) = apps
+        .last_apply
+        .as_ref()
+        .filter(|l| l.app_release_id == release_id)
+    {
+        if l.phase.is_failure() {
+            let why = l.error.clone().unwrap_or_else(|| l.phase.as_str().into());
+            let what = match l.phase {
+                AppPhase::RolledBack => "rolled back",
+                AppPhase::Refused => "refused",
+                _ => "apply failed",
+            };
+            return Some(("failed", format!("{what}: {why}")));
+        }
+        if l.phase != AppPhase::Applied {
+            return None;
+        }
+    }
+    let runs = apps.app_release_id.as_deref() == Some(release_id);
+    (runs && apps.services.iter().all(|s| s.is_ok())).then(|| ("succeeded", String::new()))
+}
+
+async fn finish_device(
+    tx: &mut Transaction<'_, Any>,
+    rollout_id: &str,
+    device_id: &str,
+    state: &str,
+    reason: &str,
+    now: i64,
+) -> sqlx::Result<()> {
     sqlx::query(
         "UPDATE rollout_devices SET state = $1, reason = $2, finished_at = $3 \
          WHERE rollout_id = $4 AND device_id = $5 AND state = 'targeted'",
@@ -417,10 +607,10 @@ pub async fn record_report(
     .bind(if reason.is_empty() {
         None
     } else {
-        Some(reason.clone())
+        Some(reason.to_owned())
     })
     .bind(now)
-    .bind(&rollout_id)
+    .bind(rollout_id)
     .bind(device_id)
     .execute(&mut **tx)
     .await?;
@@ -430,7 +620,7 @@ pub async fn record_report(
             &format!("device:{device_id}"),
             "device_failed",
             &format!("rollout:{rollout_id}"),
-            &reason,
+            reason,
         )
         .await?;
     }
@@ -464,7 +654,7 @@ async fn evaluate(st: &AppState, id: &str) -> anyhow::Result<()> {
     let now = now_ms();
     let mut tx = st.db.write.begin().await?;
     let Some(r) = sqlx::query(
-        "SELECT release_id, phase, phases_json, success_threshold, failure_threshold, deadline_secs, ack_failed, phase_started_at \
+        "SELECT release_id, kind, phase, phases_json, success_threshold, failure_threshold, deadline_secs, ack_failed, phase_started_at \
          FROM rollouts WHERE id = $1 AND state = 'active'",
     )
     .bind(id)
@@ -482,6 +672,7 @@ async fn evaluate(st: &AppState, id: &str) -> anyhow::Result<()> {
     let ack_failed: i64 = r.try_get("ack_failed")?;
     let started: i64 = r.try_get("phase_started_at")?;
     let release_id: String = r.try_get("release_id")?;
+    let kind = parse_kind(&r.try_get::<String, _>("kind")?);
     let subject = format!("rollout:{id}");
 
     let silent = sqlx::query(
@@ -586,7 +777,7 @@ async fn evaluate(st: &AppState, id: &str) -> anyhow::Result<()> {
                 .await?
                 .rows_affected();
                 if n == 1 {
-                    start_phase(&mut tx, id, &release_id, next, now).await?;
+                    start_phase(&mut tx, cols(kind), id, &release_id, next, now).await?;
                     audit(
                         &mut *tx,
                         "server",
@@ -612,7 +803,7 @@ pub async fn control(st: &AppState, actor: &str, id: &str, action: &str) -> ApiR
     let now = now_ms();
     let subject = format!("rollout:{id}");
     let mut tx = st.db.write.begin().await?;
-    let row = sqlx::query("SELECT state FROM rollouts WHERE id = $1")
+    let row = sqlx::query("SELECT state, kind FROM rollouts WHERE id = $1")
         .bind(id)
         .fetch_optional(&mut *tx)
         .await?
@@ -623,6 +814,7 @@ pub async fn control(st: &AppState, actor: &str, id: &str, action: &str) -> ApiR
             )
         })?;
     let state: String = row.try_get("state")?;
+    let c = cols(parse_kind(&row.try_get::<String, _>("kind")?));
     let (from, to): (&[&str], &str) = match action {
         "pause" => (&["active"], "paused"),
         "resume" => (&["paused"], "active"),
@@ -665,13 +857,15 @@ pub async fn control(st: &AppState, actor: &str, id: &str, action: &str) -> ApiR
     }
     if action == "abort" {
         // Devices stop being targeted; what they installed stays.
-        let ids = sqlx::query("SELECT id FROM devices WHERE rollout_id = $1")
+        let ids = sqlx::query(&format!("SELECT id FROM devices WHERE {} = $1", c.rollout))
             .bind(id)
             .fetch_all(&mut *tx)
             .await?;
-        sqlx::query(
-            "UPDATE devices SET rollout_id = NULL, rollout_release_id = NULL WHERE rollout_id = $1",
-        )
+        sqlx::query(&format!(
+            "UPDATE devices SET {r} = NULL, {rel} = NULL WHERE {r} = $1",
+            r = c.rollout,
+            rel = c.release
+        ))
         .bind(id)
         .execute(&mut *tx)
         .await?;
@@ -686,7 +880,9 @@ pub async fn control(st: &AppState, actor: &str, id: &str, action: &str) -> ApiR
 
 pub async fn load(st: &AppState, id: &str) -> ApiResult<Rollout> {
     let r = sqlx::query(
-        "SELECT ro.*, rel.version, rel.compatible FROM rollouts ro JOIN releases rel ON rel.id = ro.release_id WHERE ro.id = $1",
+        "SELECT ro.*, COALESCE(rel.version, ar.version) AS version, COALESCE(rel.compatible, '') AS compatible \
+         FROM rollouts ro LEFT JOIN releases rel ON rel.id = ro.release_id AND ro.kind = 'os' \
+         LEFT JOIN app_releases ar ON ar.id = ro.release_id AND ro.kind = 'apps' WHERE ro.id = $1",
     )
     .bind(id)
     .fetch_optional(&st.db.read)
@@ -745,6 +941,7 @@ pub async fn load(st: &AppState, id: &str) -> ApiResult<Rollout> {
     let state: String = r.try_get("state")?;
     Ok(Rollout {
         id: id.to_owned(),
+        kind: parse_kind(&r.try_get::<String, _>("kind")?),
         release_id: r.try_get("release_id")?,
         version: r.try_get("version")?,
         compatible: r.try_get("compatible")?,
@@ -811,7 +1008,57 @@ mod tests {
     }
 
     #[test]
+    fn app_outcomes() {
+        use otter_proto::{AppApplyReport, AppsReport, ServiceReport};
+        let svc = |health: &str| ServiceReport {
+            app: "a".into(),
+            service: "web".into(),
+            image: "i".into(),
+            state: "running".into(),
+            health: health.into(),
+            restarts: 0,
+        };
+        let apply = |phase| AppApplyReport {
+            app_release_id: "ar2".into(),
+            version: "2".into(),
+            phase,
+            progress: None,
+            error: Some("web: unhealthy".into()),
+            apps: vec![],
+        };
+        let mut rep = AppsReport {
+            source: "release".into(),
+            app_release_id: Some("ar1".into()),
+            version: Some("1".into()),
+            last_apply: Some(apply(AppPhase::Applying)),
+            services: vec![svc("healthy")],
+        };
+        // Still applying: nothing yet.
+        assert_eq!(app_outcome(&rep, "ar2"), None);
+        rep.last_apply = Some(apply(AppPhase::RolledBack));
+        let (state, why) = app_outcome(&rep, "ar2").unwrap();
+        assert_eq!(state, "failed");
+        assert!(
+            why.contains("rolled back") && why.contains("unhealthy"),
+            "{why}"
+        );
+        rep.last_apply = Some(apply(AppPhase::Deferred));
+        assert_eq!(app_outcome(&rep, "ar2"), None);
+        // Applied, but a service is still starting: not yet.
+        rep.last_apply = Some(apply(AppPhase::Applied));
+        rep.app_release_id = Some("ar2".into());
+        rep.services = vec![svc("starting")];
+        assert_eq!(app_outcome(&rep, "ar2"), None);
+        rep.services = vec![svc("healthy"), svc("none")];
+        assert_eq!(app_outcome(&rep, "ar2").unwrap().0, "succeeded");
+        // Another release's outcome says nothing about this one.
+        assert_eq!(app_outcome(&rep, "ar3"), None);
+    }
+
+    #[test]
     fn etags() {
+        assert_eq!(combined_etag("abc", "none"), "abc");
+        assert_eq!(combined_etag("abc", "def"), "abc-def");
         assert_eq!(etag_for(None, None), "none");
         assert_ne!(
             etag_for(Some("r1"), Some("a")),

@@ -9,8 +9,8 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 use clap::{Args, Subcommand};
 use otter_proto::admin::{
-    CreateEnrollmentKey, CreateRollout, Device, DeviceDetail, EnrollmentKey, PhaseSpec, Release,
-    Rollout, Selector, StoredLogEntry, WhoAmI,
+    AppRelease, CreateEnrollmentKey, CreateRollout, Device, DeviceDetail, EnrollmentKey, PhaseSpec,
+    Release, Rollout, RolloutKind, Selector, StoredLogEntry, UploadAppRelease, WhoAmI,
 };
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
 
@@ -34,7 +34,13 @@ pub enum FleetCmd {
         #[command(subcommand)]
         cmd: ReleaseCmd,
     },
-    /// Phased rollouts of a release.
+    /// App releases: versioned app sets (compose files, images pinned by digest) that
+    /// devices apply without a reboot.
+    AppRelease {
+        #[command(subcommand)]
+        cmd: AppReleaseCmd,
+    },
+    /// Phased rollouts of a release or an app release.
     Rollout {
         #[command(subcommand)]
         cmd: RolloutCmd,
@@ -108,6 +114,44 @@ pub enum DevicesCmd {
         #[arg(long, conflicts_with = "release")]
         unpin: bool,
     },
+    /// Pin a device's apps to an app release (version or id), overriding app rollouts;
+    /// --unpin removes the pin.
+    PinApps {
+        id: String,
+        #[arg(required_unless_present = "unpin")]
+        app_release: Option<String>,
+        #[arg(long, conflicts_with = "app_release")]
+        unpin: bool,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum AppReleaseCmd {
+    /// Upload an app set (JSON: {"apps": [{"name", "compose", "images"}]}), or one compose
+    /// file as app NAME (--name), as app release VERSION. Every image must be pinned by
+    /// digest (NAME@sha256:…); the server checks the compose files.
+    Upload {
+        file: PathBuf,
+        #[arg(long)]
+        version: String,
+        /// FILE is a compose file: the app set has this one app.
+        #[arg(long)]
+        name: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// List app releases.
+    Ls {
+        #[arg(long)]
+        json: bool,
+    },
+    /// One app release, with its set.
+    Show {
+        /// Version or id.
+        id: String,
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -147,7 +191,11 @@ pub enum ReleaseCmd {
 #[derive(Args, Debug)]
 pub struct CreateArgs {
     /// Release version or id.
-    release: String,
+    #[arg(required_unless_present = "app_release")]
+    release: Option<String>,
+    /// Roll out an app release (version or id) instead of an OS release.
+    #[arg(long, conflicts_with = "release")]
+    app_release: Option<String>,
     /// Only devices with this tag (repeat: all of them).
     #[arg(long)]
     tag: Vec<String>,
@@ -342,6 +390,7 @@ pub fn run(cmd: FleetCmd) -> Result<()> {
         FleetCmd::Login { url, token } => login(&url, token),
         FleetCmd::Devices { cmd } => devices(&Client::load()?, cmd),
         FleetCmd::Release { cmd } => release(&Client::load()?, cmd),
+        FleetCmd::AppRelease { cmd } => app_release(&Client::load()?, cmd),
         FleetCmd::Rollout { cmd } => rollout(&Client::load()?, cmd),
         FleetCmd::EnrollmentKey { cmd } => enrollment_keys(&Client::load()?, cmd),
         FleetCmd::Logs {
@@ -547,6 +596,7 @@ fn devices(c: &Client, cmd: DevicesCmd) -> Result<()> {
                 );
             }
             println!("health      {}", v.health.map_or("-", |h| h.as_str()));
+            print_apps(v);
             println!(
                 "seen        {} ({})",
                 ago(v.last_seen_ms),
@@ -578,6 +628,19 @@ fn devices(c: &Client, cmd: DevicesCmd) -> Result<()> {
             println!("{}: tags {}", d.id, d.tags.join(", "));
             Ok(())
         }
+        DevicesCmd::PinApps {
+            id, app_release, ..
+        } => {
+            let d: Device = c.post(
+                &format!("/api/v1/admin/devices/{}/pin-apps", urlencode(&id)),
+                &otter_proto::admin::PinAppsRequest { app_release },
+            )?;
+            match &d.pinned_app_release {
+                Some(v) => println!("{}: apps pinned to {v}", d.id),
+                None => println!("{}: apps not pinned", d.id),
+            }
+            Ok(())
+        }
         DevicesCmd::Pin { id, release, .. } => {
             let d: Device = c.post(
                 &format!("/api/v1/admin/devices/{}/pin", urlencode(&id)),
@@ -586,6 +649,150 @@ fn devices(c: &Client, cmd: DevicesCmd) -> Result<()> {
             match &d.pinned_release {
                 Some(v) => println!("{}: pinned to {v}", d.id),
                 None => println!("{}: not pinned", d.id),
+            }
+            Ok(())
+        }
+    }
+}
+
+/// The apps part of `otter devices show`.
+fn print_apps(v: &Device) {
+    println!(
+        "apps target {}",
+        v.target_app_version.as_deref().unwrap_or("-")
+    );
+    if let Some(p) = &v.pinned_app_release {
+        println!("apps pin    {p}");
+    }
+    let Some(a) = &v.apps else {
+        println!("apps        -");
+        return;
+    };
+    println!(
+        "apps        {}{}",
+        a.source,
+        a.version
+            .as_ref()
+            .map(|v| format!(" {v}"))
+            .unwrap_or_default()
+    );
+    if let Some(l) = &a.last_apply {
+        println!(
+            "apps update {} {}{}{}",
+            l.version,
+            l.phase.as_str(),
+            l.progress
+                .as_ref()
+                .map(|p| format!(" ({p})"))
+                .unwrap_or_default(),
+            l.error
+                .as_ref()
+                .map(|e| format!(": {e}"))
+                .unwrap_or_default()
+        );
+    }
+    if !a.services.is_empty() {
+        println!(
+            "  {:<24} {:<10} {:<10} {:>8}  IMAGE",
+            "APP.SERVICE", "STATE", "HEALTH", "RESTARTS"
+        );
+        for s in &a.services {
+            println!(
+                "  {:<24} {:<10} {:<10} {:>8}  {}",
+                format!("{}.{}", s.app, s.service),
+                s.state,
+                s.health,
+                s.restarts,
+                s.image
+            );
+        }
+    }
+}
+
+/// The app set of `otter app-release upload`: a JSON set, or one compose file as app `name`.
+pub fn read_app_set(file: &Path, name: Option<String>) -> Result<otter_proto::AppSetBody> {
+    let text =
+        std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
+    match name {
+        Some(name) => Ok(otter_proto::AppSetBody {
+            apps: vec![otter_proto::AppBody {
+                name,
+                compose: text,
+                images: Default::default(),
+            }],
+        }),
+        None => serde_json::from_str(&text).with_context(|| {
+            format!(
+                "{}: not an app set (JSON {{\"apps\": [{{\"name\", \"compose\", \"images\"}}]}}); for a compose file give --name",
+                file.display()
+            )
+        }),
+    }
+}
+
+fn app_release(c: &Client, cmd: AppReleaseCmd) -> Result<()> {
+    match cmd {
+        AppReleaseCmd::Upload {
+            file,
+            version,
+            name,
+            json,
+        } => {
+            let set = read_app_set(&file, name)?;
+            let r: AppRelease = c.post(
+                "/api/v1/admin/app-releases",
+                &UploadAppRelease { version, set },
+            )?;
+            if json {
+                return print_json(&r);
+            }
+            println!(
+                "app release {} ({}): apps {}; id {}",
+                r.version,
+                &r.digest[..16.min(r.digest.len())],
+                r.apps.join(", "),
+                r.id
+            );
+            Ok(())
+        }
+        AppReleaseCmd::Ls { json } => {
+            let list: Vec<AppRelease> = c.get("/api/v1/admin/app-releases")?;
+            if json {
+                return print_json(&list);
+            }
+            println!(
+                "{:<16}  {:<12}  {:<24}  {:<16}  UPLOADED",
+                "ID", "VERSION", "APPS", "DIGEST"
+            );
+            for r in &list {
+                println!(
+                    "{:<16}  {:<12}  {:<24}  {:<16}  {} by {}",
+                    r.id,
+                    r.version,
+                    r.apps.join(","),
+                    &r.digest[..16.min(r.digest.len())],
+                    ago(Some(r.uploaded_at_ms)),
+                    r.uploaded_by
+                );
+            }
+            Ok(())
+        }
+        AppReleaseCmd::Show { id, json } => {
+            let r: AppRelease = c.get(&format!("/api/v1/admin/app-releases/{}", urlencode(&id)))?;
+            if json {
+                return print_json(&r);
+            }
+            println!("app release {} (id {})", r.version, r.id);
+            println!("digest  {}", r.digest);
+            println!("by      {} {}", r.uploaded_by, ago(Some(r.uploaded_at_ms)));
+            for i in &r.images {
+                println!("image   {i}");
+            }
+            for a in r.set.iter().flat_map(|s| &s.apps) {
+                println!("--- app {} ---\n{}", a.name, a.compose.trim_end());
+                for (svc, img) in &a.images {
+                    println!("  images.{svc} = {img}");
+                }
             }
             Ok(())
         }
@@ -664,15 +871,25 @@ fn release(c: &Client, cmd: ReleaseCmd) -> Result<()> {
 }
 
 fn print_rollout(r: &Rollout) {
-    println!(
-        "rollout {}: release {} ({}) for {}, {} device(s), {}",
-        r.id,
-        r.version,
-        r.release_id,
-        r.compatible,
-        r.total_devices,
-        r.state.as_str()
-    );
+    match r.kind {
+        RolloutKind::Os => println!(
+            "rollout {}: release {} ({}) for {}, {} device(s), {}",
+            r.id,
+            r.version,
+            r.release_id,
+            r.compatible,
+            r.total_devices,
+            r.state.as_str()
+        ),
+        RolloutKind::Apps => println!(
+            "rollout {}: app release {} ({}), {} device(s), {}",
+            r.id,
+            r.version,
+            r.release_id,
+            r.total_devices,
+            r.state.as_str()
+        ),
+    }
     if let Some(reason) = &r.reason {
         println!("  {reason}");
     }
@@ -702,7 +919,8 @@ fn rollout(c: &Client, cmd: RolloutCmd) -> Result<()> {
     match cmd {
         RolloutCmd::Create(a) => {
             let spec = CreateRollout {
-                release: a.release,
+                release: a.release.unwrap_or_default(),
+                app_release: a.app_release,
                 selector: Selector {
                     tags: a.tag,
                     devices: a.device,

@@ -204,3 +204,99 @@ fn server_and_fleet_commands() {
     assert!(!o.status.success());
     assert!(String::from_utf8_lossy(&o.stderr).contains("no device nope"));
 }
+
+#[test]
+fn app_release_commands() {
+    let d = tempfile::tempdir().unwrap();
+    let p = d.path();
+    ok(otter(
+        &["keys", "generate", "--out", "keys", "--name", "release"],
+        p,
+    ));
+    let (_server, url, token) = start(p);
+    ok(otter(&["login", &url, "--token", &token], p));
+    let pinned = "reg.example.com/web@sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+
+    // A compose file by tag: refused, naming the service and saying what to do.
+    std::fs::write(
+        p.join("compose.yaml"),
+        "services:\n  web:\n    image: reg.example.com/web:1\n",
+    )
+    .unwrap();
+    let o = otter(
+        &[
+            "app-release",
+            "upload",
+            "compose.yaml",
+            "--name",
+            "shop",
+            "--version",
+            "1.0",
+        ],
+        p,
+    );
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("`web`") && err.contains("not pinned by digest"),
+        "{err}"
+    );
+    // Not an app set: the file is named.
+    std::fs::write(p.join("set.json"), "{\"apps\": 1}").unwrap();
+    let o = otter(
+        &["app-release", "upload", "set.json", "--version", "1.0"],
+        p,
+    );
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("set.json: not an app set"));
+
+    // Pinned: uploaded, listed, shown.
+    std::fs::write(
+        p.join("set.json"),
+        serde_json::to_string(&json!({"apps": [{"name": "shop",
+            "compose": "services:\n  web:\n    image: reg.example.com/web:1\n",
+            "images": {"web": pinned}}]}))
+        .unwrap(),
+    )
+    .unwrap();
+    let ar = json_of(otter(
+        &[
+            "app-release",
+            "upload",
+            "set.json",
+            "--version",
+            "1.0",
+            "--json",
+        ],
+        p,
+    ));
+    assert_eq!(ar["images"], json!([pinned]));
+    let list = json_of(otter(&["app-release", "ls", "--json"], p));
+    assert_eq!(list[0]["version"], "1.0");
+    assert!(ok(otter(&["app-release", "ls"], p)).contains("shop"));
+    let shown = ok(otter(&["app-release", "show", "1.0"], p));
+    assert!(
+        shown.contains(pinned) && shown.contains("--- app shop ---"),
+        "{shown}"
+    );
+    // No device yet: a rollout of it is refused with the reason.
+    let o = otter(
+        &[
+            "rollout",
+            "create",
+            "--app-release",
+            "1.0",
+            "--phases",
+            "100",
+        ],
+        p,
+    );
+    assert!(!o.status.success());
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("no accepted device"),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    // Neither a release nor an app release: clap says so.
+    assert!(!otter(&["rollout", "create"], p).status.success());
+}

@@ -28,6 +28,8 @@ pub struct AppPaths {
     pub lock: PathBuf,
     /// Last boot start result, for `otterd apps ls`.
     pub run_status: PathBuf,
+    /// Registry credentials rendered from the device config's `[[registries]]`.
+    pub auth_file: PathBuf,
 }
 
 impl AppPaths {
@@ -48,6 +50,7 @@ impl AppPaths {
             unit_dir: run_parent.join("systemd/system"),
             lock: p.run_dir.join("updates.lock"),
             run_status: p.run_dir.join("apps.json"),
+            auth_file: p.etc_dir.join(otter_apps::runtime::AUTH_FILE_ETC),
         }
     }
 }
@@ -61,11 +64,22 @@ pub enum Source {
     Applied,
 }
 
+/// The fleet server's app release an applied set came from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReleaseRef {
+    pub id: String,
+    pub version: String,
+}
+
 /// `/var/lib/otter/apps/current.json`: the app set the device runs when it is not the
 /// built-in one, and how the last apply went.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Current {
     pub source: Source,
+    /// The app release the set is (when it came from the fleet server and every app of it
+    /// made it; a set applied by hand has none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub release: Option<ReleaseRef>,
     pub set: AppSet,
     pub applied_at: u64,
     #[serde(default)]
@@ -76,10 +90,42 @@ pub struct Current {
     pub dirs: std::collections::BTreeMap<String, PathBuf>,
 }
 
-fn runtime(ap: &AppPaths) -> Podman {
+/// Only one app transaction at a time, in this process or another (`otterd apps apply`, the
+/// daemon's boot start and fleet updates, an OS install): an exclusive `flock` on
+/// `/run/otter/apps.lock`, held until the returned file is dropped.
+pub fn exclusive(paths: &Paths) -> Result<std::fs::File> {
+    use std::os::fd::AsRawFd;
+    std::fs::create_dir_all(&paths.run_dir)
+        .with_context(|| format!("creating {}", paths.run_dir.display()))?;
+    let p = paths.run_dir.join("apps.lock");
+    let f = std::fs::File::options()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&p)
+        .with_context(|| format!("opening {}", p.display()))?;
+    // SAFETY: flock on a descriptor we own.
+    if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX) } != 0 {
+        return Err(std::io::Error::last_os_error())
+            .with_context(|| format!("locking {}", p.display()));
+    }
+    Ok(f)
+}
+
+/// The app release the device runs, if its apps came from the fleet server.
+pub fn applied_release(paths: &Paths) -> Option<ReleaseRef> {
+    load_current(&AppPaths::new(paths))
+        .ok()
+        .flatten()
+        .filter(|c| c.source == Source::Applied)
+        .and_then(|c| c.release)
+}
+
+pub fn runtime(ap: &AppPaths) -> Podman {
     let mut rt = Podman::system();
     rt.unit_dir = ap.unit_dir.clone();
     rt.lock_path = ap.lock.clone();
+    rt.auth_file = ap.auth_file.clone();
     rt
 }
 
@@ -150,6 +196,7 @@ pub struct BootStatus {
 /// Start the apps at boot (called by the daemon; does nothing without apps).
 pub fn boot(paths: &Paths) -> Result<()> {
     let ap = AppPaths::new(paths);
+    let _one = exclusive(paths)?;
     // Apps bind-mount the lock file, so it must exist before they start.
     otter_apps::lock::ensure_lock_file(&ap.lock)
         .with_context(|| format!("creating {}", ap.lock.display()))?;
@@ -190,8 +237,8 @@ pub fn spawn_boot(paths: &Paths) {
     });
 }
 
-/// Apply `set` (from a file by hand, later from the server): pull, replace, watch, roll back
-/// what fails; the result becomes the current set.
+/// Apply `set` (from a file by hand): pull, replace, watch, roll back what fails; the result
+/// becomes the current set.
 pub fn apply(
     paths: &Paths,
     set: &AppSet,
@@ -200,7 +247,27 @@ pub fn apply(
     rt: &mut dyn Runtime,
     log: update::Log,
 ) -> Result<SetReport> {
+    apply_release(paths, set, None, require_pinned, policy, rt, log)
+}
+
+/// [`apply`] for the set of an app release (`release`: the fleet server's app release, kept
+/// in `current.json` when every app of it made it, else the previous one stays named).
+pub fn apply_release(
+    paths: &Paths,
+    set: &AppSet,
+    release: Option<ReleaseRef>,
+    require_pinned: bool,
+    policy: &Policy,
+    rt: &mut dyn Runtime,
+    log: update::Log,
+) -> Result<SetReport> {
     let ap = AppPaths::new(paths);
+    let _one = exclusive(paths)?;
+    let previous_release = load_current(&ap)
+        .ok()
+        .flatten()
+        .filter(|c| c.source == Source::Applied)
+        .and_then(|c| c.release);
     let (_, current) = current_apps(paths)?;
     // An app that does not change keeps its directory (a built-in app stays where its files
     // are, and is not restarted); the others get theirs under /var/lib/otter/apps.
@@ -229,10 +296,18 @@ pub fn apply(
             .with_context(|| format!("writing {}", file.display()))?;
     }
     let report = update::apply(rt, &current, &target, policy, log);
+    let all_ok = report.apps.iter().all(|r| !r.outcome.is_failure());
     save_current(
         &ap,
         &Current {
             source: Source::Applied,
+            release: if all_ok {
+                release
+            } else if release.is_some() {
+                previous_release
+            } else {
+                None
+            },
             set: AppSet {
                 apps: report.running.iter().map(|a| a.spec.clone()).collect(),
             },
@@ -530,6 +605,7 @@ mod tests {
         assert_eq!(ap.state_dir, d.path().join("var/lib/otter/apps"));
         assert_eq!(ap.unit_dir, d.path().join("run/systemd/system"));
         assert_eq!(ap.lock, d.path().join("run/otter/updates.lock"));
+        assert_eq!(ap.auth_file, d.path().join("etc/containers/auth.json"));
         let s = AppPaths::new(&Paths::system());
         assert_eq!(
             s.builtin_dir,
@@ -537,6 +613,7 @@ mod tests {
         );
         assert_eq!(s.unit_dir, PathBuf::from("/run/systemd/system"));
         assert_eq!(s.lock, PathBuf::from(otter_apps::lock::UPDATE_LOCK_PATH));
+        assert_eq!(s.auth_file, PathBuf::from("/etc/containers/auth.json"));
     }
 
     #[test]
@@ -556,6 +633,7 @@ mod tests {
             &ap,
             &Current {
                 source: Source::Applied,
+                release: None,
                 set: AppSet {
                     apps: vec![AppSpec {
                         name: "other".into(),

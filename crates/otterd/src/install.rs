@@ -104,6 +104,8 @@ pub fn install(
         );
     }
 
+    // An OS install and an app update never run at once.
+    let _apps = crate::apps::exclusive(paths)?;
     let file = StateFile::lock(&paths.state_dir)?;
     let mut st = file.load()?;
     // The running slot is the seed. Its saved index counts only if it describes what the state

@@ -5,7 +5,8 @@
 
 use anyhow::{Context, Result};
 use otter_e2e::fleet::FleetServer;
-use otter_e2e::scenario::{Device, Variant, VariantApp, Workbench, phase, workspace_root};
+use otter_e2e::registry::{GUEST_GET_8080, make_app_image};
+use otter_e2e::scenario::{Device, Variant, VariantApp, Workbench, phase};
 use std::time::{Duration, Instant};
 
 fn main() {
@@ -28,13 +29,10 @@ const HELLO_COMPOSE: &str = r#"services:
     mem_limit: 32m
 "#;
 
-/// What the app answers on the device's port 8080 (bash's /dev/tcp: the image has no curl).
-const GET: &str = "bash -c 'exec 3<>/dev/tcp/127.0.0.1/8080 && printf \"GET / HTTP/1.0\\r\\n\\r\\n\" >&3 && cat <&3' | tail -1";
-
 fn app_answer(dev: &Device, timeout: Duration) -> Result<String> {
     let start = Instant::now();
     loop {
-        match dev.sh(GET) {
+        match dev.sh(&format!("{GUEST_GET_8080} | tail -1")) {
             Ok(out) if out.contains("hello") => return Ok(out.trim().to_string()),
             other => anyhow::ensure!(
                 start.elapsed() < timeout,
@@ -59,13 +57,11 @@ fn run() -> Result<()> {
     let wb = Workbench::new(&dir)?;
     // The app: a tiny web server image made without a container engine (umoci, skopeo).
     let archive = dir.join("hello.tar");
-    let st = std::process::Command::new(workspace_root().join("scripts/make-app-image"))
-        .arg(&archive)
-        .arg("localhost/hello:1")
-        .arg("hello from a container app built into the image")
-        .status()
-        .context("running scripts/make-app-image")?;
-    anyhow::ensure!(st.success(), "scripts/make-app-image failed");
+    make_app_image(
+        &archive,
+        "localhost/hello:1",
+        "hello from a container app built into the image",
+    )?;
     let with_app = |version: &str| Variant {
         version: version.into(),
         apps: vec![VariantApp {

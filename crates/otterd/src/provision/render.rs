@@ -116,6 +116,22 @@ pub fn render(
         }
         r.file("ssl/certs/ca-certificates.crt", bundle, 0o644);
     }
+    if !cfg.registries.is_empty() {
+        // podman's and skopeo's auth file (containers-auth.json(5)); the app runtime points
+        // REGISTRY_AUTH_FILE at it. Only root may read it.
+        use base64::Engine;
+        let auths: serde_json::Map<String, serde_json::Value> = cfg
+            .registries
+            .iter()
+            .map(|reg| {
+                let token = base64::engine::general_purpose::STANDARD
+                    .encode(format!("{}:{}", reg.username, reg.password));
+                (reg.host.clone(), serde_json::json!({ "auth": token }))
+            })
+            .collect();
+        let text = serde_json::json!({ "auths": auths }).to_string();
+        r.file(otter_apps::runtime::AUTH_FILE_ETC, text, 0o600);
+    }
     if let Some(h) = &cfg.health {
         for (i, check) in h.checks.iter().enumerate() {
             r.file(
@@ -586,6 +602,32 @@ mod tests {
             Some(Entry::File { content, .. }) => String::from_utf8(content.clone()).unwrap(),
             other => panic!("{rel}: {other:?}"),
         }
+    }
+
+    #[test]
+    fn registries_become_podmans_auth_file_readable_by_root_only() {
+        let r = render(
+            &cfg(
+                "[[registries]]\nhost = \"reg.example.com:5000\"\nusername = \"fleet\"\npassword = \"pa:ss\"\n",
+            ),
+            &Img,
+            &mut BTreeMap::new(),
+        );
+        let Some(Entry::File { content, mode }) = r.files.get("containers/auth.json") else {
+            panic!("no auth file: {:?}", r.files.keys());
+        };
+        assert_eq!(*mode, 0o600);
+        let v: serde_json::Value = serde_json::from_slice(content).unwrap();
+        // base64("fleet:pa:ss")
+        assert_eq!(
+            v["auths"]["reg.example.com:5000"]["auth"],
+            "ZmxlZXQ6cGE6c3M="
+        );
+        assert!(
+            !render(&cfg(""), &Img, &mut BTreeMap::new())
+                .files
+                .contains_key("containers/auth.json")
+        );
     }
 
     #[test]

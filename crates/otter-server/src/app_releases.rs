@@ -1,0 +1,258 @@
+//! App releases: versioned app sets (compose files + images pinned by digest) that rollouts
+//! and pins target, applied by devices without a reboot. They are small JSON, kept in the
+//! database (so several server processes share them with nothing else), and validated on
+//! upload with the device's own parser (`otter-apps`), so a device never meets a set it would
+//! refuse.
+
+use otter_proto::AppSetBody;
+use otter_proto::admin::{AppRelease, UploadAppRelease};
+use sqlx::Row;
+
+use crate::AppState;
+use crate::db::{audit, now_ms};
+use crate::error::{ApiErr, ApiResult};
+
+/// Where a device keeps an applied app's files (relative paths in compose files resolve
+/// there); used only to parse the set the way the device will.
+const DEVICE_APPS_DIR: &str = "/var/lib/otter/apps";
+
+/// Checks a set as a device would before applying it: every compose file in the subset,
+/// unique valid names, `images` naming services, every image pinned by digest.
+pub fn validate(set: &AppSetBody) -> ApiResult<otter_apps::AppSet> {
+    if set.apps.is_empty() {
+        return Err(ApiErr::bad_request(
+            "invalid_app_set",
+            "the app set has no apps: give at least one in `apps`",
+        ));
+    }
+    let apps_set = otter_apps::AppSet {
+        apps: set
+            .apps
+            .iter()
+            .map(|a| otter_apps::AppSpec {
+                name: a.name.clone(),
+                compose: a.compose.clone(),
+                images: a.images.clone(),
+            })
+            .collect(),
+    };
+    let apps = apps_set
+        .resolve(&|n| std::path::Path::new(DEVICE_APPS_DIR).join(n))
+        .map_err(|e| ApiErr::bad_request("invalid_app_set", e.to_string()))?;
+    otter_apps::AppSet::check_pinned(&apps)
+        .map_err(|e| ApiErr::bad_request("unpinned_image", e.to_string()))?;
+    Ok(apps_set)
+}
+
+fn check_version(v: &str) -> ApiResult<()> {
+    let ok = !v.is_empty()
+        && v.len() <= 64
+        && v.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-' | b'+'));
+    if ok {
+        Ok(())
+    } else {
+        Err(ApiErr::bad_request(
+            "invalid_field",
+            format!("version {v:?}: use 1-64 characters of A-Z a-z 0-9 . _ - +"),
+        ))
+    }
+}
+
+pub async fn upload(st: &AppState, actor: &str, req: UploadAppRelease) -> ApiResult<AppRelease> {
+    check_version(&req.version)?;
+    let parsed = validate(&req.set)?;
+    let resolved = parsed
+        .resolve(&|n| std::path::Path::new(DEVICE_APPS_DIR).join(n))
+        .map_err(|e| ApiErr::bad_request("invalid_app_set", e.to_string()))?;
+    let names: Vec<String> = resolved.iter().map(|a| a.name.clone()).collect();
+    let mut images: Vec<String> = resolved.iter().flat_map(|a| a.images()).collect();
+    images.sort();
+    images.dedup();
+    let digest = req.set.digest();
+    let set_json =
+        serde_json::to_string(&req.set).map_err(|e| ApiErr::internal("encoding the app set", e))?;
+    let exists = sqlx::query("SELECT id FROM app_releases WHERE version = $1")
+        .bind(&req.version)
+        .fetch_optional(&st.db.read)
+        .await?;
+    if exists.is_some() {
+        return Err(ApiErr::conflict(
+            "app_release_exists",
+            format!(
+                "app release {} exists already: give the new set another version",
+                req.version
+            ),
+        ));
+    }
+    let id = crate::auth::new_id();
+    let now = now_ms();
+    let mut tx = st.db.write.begin().await?;
+    let inserted = sqlx::query(
+        "INSERT INTO app_releases (id, version, digest, set_json, apps, images, uploaded_at, uploaded_by) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (version) DO NOTHING",
+    )
+    .bind(&id)
+    .bind(&req.version)
+    .bind(&digest)
+    .bind(&set_json)
+    .bind(names.join(","))
+    .bind(images.join("\n"))
+    .bind(now)
+    .bind(actor)
+    .execute(&mut *tx)
+    .await?
+    .rows_affected();
+    if inserted == 0 {
+        return Err(ApiErr::conflict(
+            "app_release_exists",
+            format!(
+                "app release {} exists already: give the new set another version",
+                req.version
+            ),
+        ));
+    }
+    audit(
+        &mut *tx,
+        actor,
+        "app_release_uploaded",
+        &format!("app_release:{id}"),
+        &format!(
+            "app release {} ({}): apps {}",
+            req.version,
+            &digest[..16],
+            names.join(", ")
+        ),
+    )
+    .await?;
+    tx.commit().await?;
+    Ok(AppRelease {
+        id,
+        version: req.version,
+        digest,
+        apps: names,
+        images,
+        uploaded_at_ms: now,
+        uploaded_by: actor.to_owned(),
+        set: None,
+    })
+}
+
+fn from_row(r: &sqlx::any::AnyRow, with_set: bool) -> ApiResult<AppRelease> {
+    let split = |s: String, sep: char| -> Vec<String> {
+        s.split(sep)
+            .filter(|x| !x.is_empty())
+            .map(str::to_owned)
+            .collect()
+    };
+    let set = if with_set {
+        let j: String = r.try_get("set_json")?;
+        Some(serde_json::from_str(&j).map_err(|e| ApiErr::internal("decoding an app set", e))?)
+    } else {
+        None
+    };
+    Ok(AppRelease {
+        id: r.try_get("id")?,
+        version: r.try_get("version")?,
+        digest: r.try_get("digest")?,
+        apps: split(r.try_get("apps")?, ','),
+        images: split(r.try_get("images")?, '\n'),
+        uploaded_at_ms: r.try_get("uploaded_at")?,
+        uploaded_by: r.try_get("uploaded_by")?,
+        set,
+    })
+}
+
+pub async fn list(st: &AppState) -> ApiResult<Vec<AppRelease>> {
+    let rows = sqlx::query("SELECT * FROM app_releases ORDER BY uploaded_at DESC LIMIT 1000")
+        .fetch_all(&st.db.read)
+        .await?;
+    rows.iter().map(|r| from_row(r, false)).collect()
+}
+
+/// An app release by id or version, with its set.
+pub async fn load(st: &AppState, what: &str) -> ApiResult<AppRelease> {
+    let r = sqlx::query("SELECT * FROM app_releases WHERE id = $1 OR version = $1")
+        .bind(what)
+        .fetch_optional(&st.db.read)
+        .await?
+        .ok_or_else(|| {
+            ApiErr::not_found(
+                "unknown_app_release",
+                format!("no app release with id or version {what:?} (otter app-release ls)"),
+            )
+        })?;
+    from_row(&r, true)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use otter_proto::AppBody;
+
+    const PINNED: &str = "reg.example.com/web@sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+
+    fn set(compose: &str) -> AppSetBody {
+        AppSetBody {
+            apps: vec![AppBody {
+                name: "shop".into(),
+                compose: compose.into(),
+                images: Default::default(),
+            }],
+        }
+    }
+
+    #[test]
+    fn pinned_sets_pass() {
+        validate(&set(&format!("services:\n  web:\n    image: {PINNED}\n"))).unwrap();
+        // `images` pins an image the compose file names by tag.
+        let mut s = set("services:\n  web:\n    image: reg.example.com/web:1\n");
+        s.apps[0].images.insert("web".into(), PINNED.into());
+        validate(&s).unwrap();
+    }
+
+    #[test]
+    fn unpinned_images_are_refused_naming_app_and_service() {
+        let e = validate(&set(
+            "services:\n  web:\n    image: reg.example.com/web:1\n",
+        ))
+        .unwrap_err();
+        assert_eq!(e.code, "unpinned_image");
+        assert!(
+            e.message.contains("`shop`") && e.message.contains("`web`"),
+            "{}",
+            e.message
+        );
+    }
+
+    #[test]
+    fn bad_compose_is_refused_naming_the_key() {
+        let e = validate(&set(&format!(
+            "services:\n  web:\n    image: {PINNED}\n    build: .\n"
+        )))
+        .unwrap_err();
+        assert_eq!(e.code, "invalid_app_set");
+        assert!(e.message.contains("services.web.build"), "{}", e.message);
+        let mut s = set(&format!("services:\n  web:\n    image: {PINNED}\n"));
+        s.apps[0].images.insert("db".into(), PINNED.into());
+        let e = validate(&s).unwrap_err();
+        assert!(e.message.contains("images.db"), "{}", e.message);
+        let mut s = set(&format!("services:\n  web:\n    image: {PINNED}\n"));
+        s.apps[0].name = "Bad Name".into();
+        assert!(validate(&s).unwrap_err().message.contains("Bad Name"));
+        assert!(
+            validate(&AppSetBody { apps: vec![] })
+                .unwrap_err()
+                .message
+                .contains("no apps")
+        );
+    }
+
+    #[test]
+    fn versions() {
+        check_version("2.1.0+build.7").unwrap();
+        assert!(check_version("").is_err());
+        assert!(check_version("a b").is_err());
+        assert!(check_version(&"x".repeat(65)).is_err());
+    }
+}
