@@ -152,12 +152,12 @@ impl FleetServer {
         )
     }
 
-    /// `otter rollout create VERSION --phases 100 --soak 0 EXTRA…`: one phase for every
-    /// targeted device, no soak; the rollout's id.
-    pub fn rollout_all(&self, version: &str, extra: &[&str]) -> Result<String> {
-        let mut args = vec![
-            "rollout", "create", version, "--phases", "100", "--soak", "0",
-        ];
+    /// `otter rollout create TARGET… --phases 100 --soak 0 EXTRA…` (TARGET: an OS version, or
+    /// `--app-release V`): one phase for every targeted device, no soak; the rollout's id.
+    pub fn rollout_all(&self, target: &[&str], extra: &[&str]) -> Result<String> {
+        let mut args = vec!["rollout", "create"];
+        args.extend_from_slice(target);
+        args.extend_from_slice(&["--phases", "100", "--soak", "0"]);
         args.extend_from_slice(extra);
         let ro = self.otter_json(&args)?;
         ro["id"]
@@ -167,7 +167,8 @@ impl FleetServer {
     }
 
     /// Wait until rollout `id` is in `state` (calling `between` while waiting, e.g. to power
-    /// a rebooted VM on); its `otter rollout status --json`.
+    /// a rebooted VM on); its `otter rollout status --json`. A rollout that ends up paused,
+    /// aborted or completed instead fails the wait at once.
     pub fn wait_rollout(
         &self,
         id: &str,
@@ -175,15 +176,25 @@ impl FleetServer {
         timeout: Duration,
         between: impl FnMut() -> Result<()>,
     ) -> Result<Value> {
-        self.wait(
-            &format!("rollout {id} to be {state}"),
-            timeout,
-            between,
-            || {
-                let r = self.otter_json(&["rollout", "status", id])?;
-                Ok((r["state"] == state).then_some(r))
-            },
-        )
+        let what = format!("rollout {id} to be {state}");
+        self.wait(&what, timeout, between, || {
+            let r = self.otter_json(&["rollout", "status", id])?;
+            if r["state"] == state {
+                return Ok(Some(Ok(r)));
+            }
+            // Errors in here count as passing (a server busy for a moment): a settled state
+            // other than the one awaited is the outcome instead.
+            if ["paused", "aborted", "completed"]
+                .iter()
+                .any(|s| r["state"] == *s)
+            {
+                return Ok(Some(Err(anyhow::anyhow!(
+                    "rollout {id} is {} instead of {state}: {r}",
+                    r["state"]
+                ))));
+            }
+            Ok(None)
+        })?
     }
 }
 

@@ -9,7 +9,7 @@
 //! Runs when QEMU, OVMF, mmdebstrap, GRUB, root, podman, umoci, skopeo, busybox-static and
 //! docker-registry are available; skipped with a message otherwise.
 
-use anyhow::{Context, Result, bail, ensure};
+use anyhow::{Context, Result, ensure};
 use otter_e2e::fleet::FleetServer;
 use otter_e2e::registry::{GUEST_GET_8080, Registry, make_app_image};
 use otter_e2e::scenario::{Device, Variant, VariantApp, Workbench};
@@ -206,35 +206,14 @@ fn scenario() -> Result<()> {
         "otter app-release ls: {listed}"
     );
     let boot_id = dev.boot_id()?;
-    let ro = server.otter_json(&[
-        "rollout",
-        "create",
-        "--app-release",
-        "2.0.0",
-        "--phases",
-        "100",
-        "--soak",
-        "0",
-        "--success",
-        "1",
-        "--failure",
-        "0.5",
-    ])?;
+    let thresholds = ["--success", "1", "--failure", "0.5"];
+    let ro_id = server.rollout_all(&["--app-release", "2.0.0"], &thresholds)?;
+    let ro = server.otter_json(&["rollout", "status", &ro_id])?;
     ensure!(ro["kind"] == "apps", "rollout: {ro}");
-    let ro_id = ro["id"].as_str().context("rollout id")?.to_string();
     let t = Instant::now();
-    server.wait(
-        "the app rollout to complete",
-        Duration::from_secs(1200),
-        || dev.keep_alive(),
-        || {
-            let r = server.otter_json(&["rollout", "status", &ro_id])?;
-            if r["state"] == "paused" {
-                bail!("the app rollout paused: {r}");
-            }
-            Ok((r["state"] == "completed").then_some(()))
-        },
-    )?;
+    server.wait_rollout(&ro_id, "completed", Duration::from_secs(1200), || {
+        dev.keep_alive()
+    })?;
     eprintln!(
         "figures: app release from the server applied (target poll, pull, replace, healthy, reported) in {:.0}s",
         t.elapsed().as_secs_f64()
@@ -296,34 +275,11 @@ fn scenario() -> Result<()> {
         "--version",
         "3.0.0",
     ])?;
-    let ro3 = server.otter_json(&[
-        "rollout",
-        "create",
-        "--app-release",
-        "3.0.0",
-        "--phases",
-        "100",
-        "--soak",
-        "0",
-        "--success",
-        "1",
-        "--failure",
-        "0.5",
-    ])?;
-    let ro3_id = ro3["id"].as_str().context("rollout id")?.to_string();
+    let ro3_id = server.rollout_all(&["--app-release", "3.0.0"], &thresholds)?;
     let t = Instant::now();
-    let paused = server.wait(
-        "the broken app rollout to pause itself",
-        Duration::from_secs(1200),
-        || dev.keep_alive(),
-        || {
-            let r = server.otter_json(&["rollout", "status", &ro3_id])?;
-            if r["state"] == "completed" {
-                bail!("the broken app release completed: {r}");
-            }
-            Ok((r["state"] == "paused").then_some(r))
-        },
-    )?;
+    let paused = server.wait_rollout(&ro3_id, "paused", Duration::from_secs(1200), || {
+        dev.keep_alive()
+    })?;
     eprintln!(
         "figures: broken app release rolled back on the device and its rollout paused in {:.0}s",
         t.elapsed().as_secs_f64()

@@ -77,7 +77,7 @@ fn scenario() -> Result<()> {
     server.otter(&["release", "upload", &v11.bundle.display().to_string()])?;
     server.otter(&["release", "upload", &v12.bundle.display().to_string()])?;
     let thresholds = ["--success", "1", "--failure", "0.5"];
-    let ro_id = server.rollout_all("1.1.0", &thresholds)?;
+    let ro_id = server.rollout_all(&["1.1.0"], &thresholds)?;
     server.wait_rollout(&ro_id, "completed", Duration::from_secs(1200), || {
         dev.keep_alive()
     })?;
@@ -112,7 +112,7 @@ fn scenario() -> Result<()> {
 
     // A broken 1.2.0: the kernel panics, GRUB falls back, the device reports the rollback,
     // the rollout pauses itself.
-    let ro2_id = server.rollout_all("1.2.0", &thresholds)?;
+    let ro2_id = server.rollout_all(&["1.2.0"], &thresholds)?;
     let paused = server.wait_rollout(&ro2_id, "paused", Duration::from_secs(1200), || {
         dev.keep_alive()
     })?;

@@ -177,7 +177,7 @@ fn run() -> Result<()> {
         ),
     );
     server.otter(&["release", "upload", &v2.bundle.display().to_string()])?;
-    let ro_id = server.rollout_all("1.1.0", &[])?;
+    let ro_id = server.rollout_all(&["1.1.0"], &[])?;
     say(
         t0,
         "otter release upload …1.1.0….otb; otter rollout create 1.1.0 --phases 100 --soak 0",
