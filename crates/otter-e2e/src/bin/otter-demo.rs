@@ -1,11 +1,12 @@
 //! The demo of the README: build release 1.0.0 and 1.1.0 of an image with a built-in container
 //! app, start `otter server`, configure a copy of 1.0.0 with `otter configure` (host name, fleet
 //! server, enrollment key), boot it in QEMU on a bigger disk, see the app answer, let the device
-//! enroll, roll 1.1.0 out to it from the server, and show the rollout and the device's status.
+//! enroll, roll 1.1.0 out to it from the server, then roll out version 2 of the app (its image in
+//! a local registry, pinned by digest) without a reboot, and show the device's status.
 
 use anyhow::{Context, Result};
 use otter_e2e::fleet::FleetServer;
-use otter_e2e::registry::{GUEST_GET_8080, make_app_image};
+use otter_e2e::registry::{GUEST_GET_8080, Registry, make_app_image};
 use otter_e2e::scenario::{Device, Variant, VariantApp, Workbench, phase};
 use std::time::{Duration, Instant};
 
@@ -29,11 +30,12 @@ const HELLO_COMPOSE: &str = r#"services:
     mem_limit: 32m
 "#;
 
-fn app_answer(dev: &Device, timeout: Duration) -> Result<String> {
+/// What the app answers, once it answers with something containing `want`.
+fn app_answer(dev: &Device, want: &str, timeout: Duration) -> Result<String> {
     let start = Instant::now();
     loop {
         match dev.sh(&format!("{GUEST_GET_8080} | tail -1")) {
-            Ok(out) if out.contains("hello") => return Ok(out.trim().to_string()),
+            Ok(out) if out.contains(want) => return Ok(out.trim().to_string()),
             other => anyhow::ensure!(
                 start.elapsed() < timeout,
                 "the app did not answer on :8080 within {timeout:?} ({other:?}); otterd apps ls:\n{}",
@@ -55,6 +57,9 @@ fn run() -> Result<()> {
     let t0 = Instant::now();
     let dir = otter_e2e::scenario::workspace_root().join("target/demo");
     let wb = Workbench::new(&dir)?;
+    // A container registry on this machine (Debian's docker-registry, plain HTTP on
+    // 127.0.0.1; the VM reaches it as 10.0.2.2), for the app update from the server.
+    let registry = Registry::start(&dir.join("registry"))?;
     // The app: a tiny web server image made without a container engine (umoci, skopeo).
     let archive = dir.join("hello.tar");
     make_app_image(
@@ -69,6 +74,14 @@ fn run() -> Result<()> {
             compose: HELLO_COMPOSE.into(),
             archives: vec![archive.clone()],
         }],
+        // The demo registry speaks plain HTTP.
+        files: vec![(
+            "etc/containers/registries.conf.d/50-demo.conf".into(),
+            format!(
+                "[[registry]]\nlocation = \"10.0.2.2:{}\"\ninsecure = true\n",
+                registry.port
+            ),
+        )],
         ..Default::default()
     };
     say(
@@ -164,11 +177,11 @@ fn run() -> Result<()> {
         t0,
         &format!(
             "the built-in app runs (no network needed: its image is in the root); it answers `{}`; otterd apps ls:\n{}",
-            app_answer(&dev, Duration::from_secs(600))?,
+            app_answer(&dev, "built into the image", Duration::from_secs(600))?,
             dev.sh("otterd apps ls")?.trim_end()
         ),
     );
-    server.wait_enrolled(None, Duration::from_secs(300))?;
+    let device_id = server.wait_enrolled(None, Duration::from_secs(300))?;
     say(
         t0,
         &format!(
@@ -210,7 +223,63 @@ fn run() -> Result<()> {
         t0,
         &format!(
             "the app runs on 1.1.0 too: `{}`",
-            app_answer(&dev, Duration::from_secs(600))?
+            app_answer(&dev, "built into the image", Duration::from_secs(600))?
+        ),
+    );
+
+    // An app update from the server: version 2 of the app's image pushed to the registry,
+    // released pinned by digest, rolled out; the device pulls it and swaps the container, no
+    // reboot.
+    let a2 = dir.join("hello-2.tar");
+    make_app_image(
+        &a2,
+        "localhost/hello:2",
+        "hello v2 of the app, rolled out from otter server",
+    )?;
+    registry.push(&a2, "hello:2")?;
+    let pinned = format!(
+        "10.0.2.2:{}/hello@{}",
+        registry.port,
+        registry.digest("hello:2")?
+    );
+    let set = dir.join("hello-2.0.0.json");
+    std::fs::write(
+        &set,
+        serde_json::to_string_pretty(&serde_json::json!({
+            "apps": [{"name": "hello", "compose": HELLO_COMPOSE.replace("localhost/hello:1", &pinned)}]
+        }))?,
+    )?;
+    server.otter(&[
+        "app-release",
+        "upload",
+        &set.display().to_string(),
+        "--version",
+        "2.0.0",
+    ])?;
+    let boot_id = dev.boot_id()?;
+    let ro_apps = server.rollout_all(&["--app-release", "2.0.0"], &[])?;
+    say(
+        t0,
+        &format!(
+            "hello:2 pushed to the registry; otter app-release upload {} --version 2.0.0; otter rollout create --app-release 2.0.0 --phases 100 --soak 0",
+            set.display()
+        ),
+    );
+    let t_apps = Instant::now();
+    server.wait_rollout(&ro_apps, "completed", Duration::from_secs(1200), || {
+        dev.keep_alive()
+    })?;
+    anyhow::ensure!(
+        dev.boot_id()? == boot_id,
+        "the device rebooted for the app update"
+    );
+    say(
+        t0,
+        &format!(
+            "app release 2.0.0 applied in {:.0} s without a reboot (pull, replace, health check, report); the app answers `{}`; otter devices show:\n{}",
+            t_apps.elapsed().as_secs_f64(),
+            app_answer(&dev, "v2", Duration::from_secs(300))?,
+            server.otter(&["devices", "show", &device_id])?.trim_end()
         ),
     );
     let rss = dev.sh("ps -o rss= -C otterd | head -1")?;
