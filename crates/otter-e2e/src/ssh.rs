@@ -70,10 +70,24 @@ impl Ssh {
 
     /// Run `cmd` in the guest and collect its output, whatever its exit status. Errors only if
     /// ssh cannot be run.
+    ///
+    /// A connection that sshd did not answer in time (a guest starved of CPU under TCG:
+    /// "Connection timed out during banner exchange") is tried again, twice: the command never
+    /// started, so running it again is safe.
     pub fn run(&self, cmd: &str) -> Result<Output> {
-        self.command(cmd)
-            .output()
-            .context("running ssh (apt-get install openssh-client)")
+        let mut tries = 0;
+        loop {
+            let out = self
+                .command(cmd)
+                .output()
+                .context("running ssh (apt-get install openssh-client)")?;
+            tries += 1;
+            if tries < 3 && out.status.code() == Some(255) && not_answered(&out.stderr) {
+                std::thread::sleep(Duration::from_secs(3));
+                continue;
+            }
+            return Ok(out);
+        }
     }
 
     /// Run `cmd`; its stdout if it exits 0, else an error with the status and stderr (ssh's
@@ -325,6 +339,13 @@ impl Drop for SshProcess {
     }
 }
 
+/// ssh's stderr says the server did not get as far as its greeting: the remote command was
+/// never started.
+fn not_answered(stderr: &[u8]) -> bool {
+    let e = String::from_utf8_lossy(stderr);
+    e.contains("during banner exchange") || e.contains("kex_exchange_identification")
+}
+
 /// Make an ed25519 key pair without passphrase as `DIR/id_ed25519` (replacing one there).
 /// Returns the private key path and the public key line (for `authorized_keys`).
 pub fn generate_ssh_key(dir: &Path) -> Result<(PathBuf, String)> {
@@ -382,6 +403,22 @@ mod tests {
     fn quoting() {
         assert_eq!(shell_quote("/tmp/a b"), "'/tmp/a b'");
         assert_eq!(shell_quote("it's"), r"'it'\''s'");
+    }
+
+    #[test]
+    fn only_unanswered_connections_are_retried() {
+        assert!(not_answered(
+            b"Connection timed out during banner exchange\r\nConnection to 127.0.0.1 port 2222 timed out\r\n"
+        ));
+        assert!(not_answered(
+            b"kex_exchange_identification: read: Connection reset by peer\r\n"
+        ));
+        assert!(!not_answered(
+            b"Connection to 127.0.0.1 closed by remote host.\r\n"
+        ));
+        assert!(!not_answered(
+            b"ssh: connect to host 127.0.0.1 port 2222: Connection refused\r\n"
+        ));
     }
 
     #[test]
