@@ -8,8 +8,10 @@ use std::time::{Duration, Instant};
 use crate::command::{Prepared, prepare, qemu_args};
 use crate::{Error, Result, Serial, VmOptions};
 
-/// How long [`RunningVm::spawn`] watches QEMU for an immediate failure (bad option, missing file).
-const STARTUP_CHECK: Duration = Duration::from_millis(300);
+/// How long [`RunningVm::spawn`] watches QEMU for an immediate failure (bad option, missing
+/// file, a forwarded port already taken). QEMU sets up its network only after loading the
+/// firmware, which took longer than 300 ms on a host with both cores busy.
+const STARTUP_CHECK: Duration = Duration::from_secs(2);
 
 /// A QEMU process booting an image. Dropping it kills QEMU (SIGKILL) if it still runs.
 #[derive(Debug)]
