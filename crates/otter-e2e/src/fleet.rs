@@ -135,6 +135,41 @@ impl FleetServer {
         bail!("timed out after {timeout:?} waiting for {what} {last_err}")
     }
 
+    /// A copy of `image` at `dest` (sparse), set up with `otter configure` as a user would for
+    /// this server: host name `hostname`, the server's guest URL and a new enrollment key.
+    pub fn configured_image(&self, image: &Path, dest: &Path, hostname: &str) -> Result<()> {
+        let key = self.otter_json(&["enrollment-key", "create", hostname])?["key"]
+            .as_str()
+            .context("the server gave no enrollment key")?
+            .to_string();
+        let st = Command::new("cp")
+            .arg("--sparse=always")
+            .arg(image)
+            .arg(dest)
+            .status()
+            .context("running cp")?;
+        ensure!(
+            st.success(),
+            "copying {} to {}",
+            image.display(),
+            dest.display()
+        );
+        let out = Command::new(&self.otter)
+            .arg("configure")
+            .arg(dest)
+            .args(["--hostname", hostname, "--server"])
+            .arg(self.guest_url())
+            .args(["--enrollment-key", &key])
+            .output()
+            .context("running otter configure")?;
+        ensure!(
+            out.status.success(),
+            "otter configure: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Ok(())
+    }
+
     /// Wait until a device named `name` (any device for `None`) is accepted; its id.
     pub fn wait_enrolled(&self, name: Option<&str>, timeout: Duration) -> Result<String> {
         self.wait(

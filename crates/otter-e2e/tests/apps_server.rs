@@ -9,7 +9,7 @@
 //! Runs when QEMU, OVMF, mmdebstrap, GRUB, root, podman, umoci, skopeo, busybox-static and
 //! docker-registry are available; skipped with a message otherwise.
 
-use anyhow::{Context, Result, ensure};
+use anyhow::{Result, ensure};
 use otter_e2e::fleet::FleetServer;
 use otter_e2e::registry::{GUEST_GET_8080, Registry, make_app_image};
 use otter_e2e::scenario::{Device, Variant, VariantApp, Workbench};
@@ -100,45 +100,12 @@ fn scenario() -> Result<()> {
         &base.join("server"),
         &wb.dir.join("keys/otter-signing.pub"),
     )?;
-    let key = server.otter_json(&["enrollment-key", "create", "e2e"])?["key"]
-        .as_str()
-        .context("enrollment key")?
-        .to_string();
     let img = base.join("device.img");
-    let st = Command::new("cp")
-        .arg("--sparse=always")
-        .arg(v1.image()?)
-        .arg(&img)
-        .status()?;
-    ensure!(st.success(), "copying the image");
-    let out = Command::new(&wb.otter)
-        .arg("configure")
-        .arg(&img)
-        .args(["--hostname", "apps-gw", "--server"])
-        .arg(server.guest_url())
-        .args(["--enrollment-key", &key])
-        .output()?;
-    ensure!(
-        out.status.success(),
-        "otter configure: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    server.configured_image(v1.image()?, &img, "apps-gw")?;
 
     let mut dev = Device::new(&img, &base.join("device"), &wb.ssh_key)?;
     dev.power_on()?;
-    let device_id = server.wait(
-        "the device to enroll",
-        Duration::from_secs(600),
-        || Ok(()),
-        || {
-            let list = server.otter_json(&["devices", "ls"])?;
-            Ok(list.as_array().and_then(|a| {
-                a.iter()
-                    .find(|d| d["name"] == "apps-gw" && d["status"] == "accepted")
-                    .and_then(|d| d["id"].as_str().map(str::to_string))
-            }))
-        },
-    )?;
+    let device_id = server.wait_enrolled(Some("apps-gw"), Duration::from_secs(600))?;
     eprintln!("apps_server: device {device_id} enrolled");
     // The built-in app is reported, running and healthy.
     server.wait(

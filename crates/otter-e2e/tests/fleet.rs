@@ -3,10 +3,9 @@
 //! dashboard and `otter rollout status` show the rollout done; then a broken 1.2.0 (its kernel
 //! panics) is rolled back by the device and its rollout pauses itself.
 
-use anyhow::{Context, Result, ensure};
+use anyhow::{Result, ensure};
 use otter_e2e::fleet::FleetServer;
 use otter_e2e::scenario::{Device, Variant, Workbench, phase};
-use std::process::Command;
 use std::time::Duration;
 
 #[test]
@@ -40,31 +39,10 @@ fn scenario() -> Result<()> {
         &base.join("server"),
         &wb.dir.join("keys/otter-signing.pub"),
     )?;
-    let key = server.otter_json(&["enrollment-key", "create", "e2e"])?["key"]
-        .as_str()
-        .context("enrollment key")?
-        .to_string();
 
     // The device's image, configured for the fleet.
     let img = base.join("device.img");
-    let st = Command::new("cp")
-        .arg("--sparse=always")
-        .arg(v1.image()?)
-        .arg(&img)
-        .status()?;
-    ensure!(st.success(), "copying the image");
-    let out = Command::new(&wb.otter)
-        .arg("configure")
-        .arg(&img)
-        .args(["--hostname", "fleet-gw", "--server"])
-        .arg(server.guest_url())
-        .args(["--enrollment-key", &key])
-        .output()?;
-    ensure!(
-        out.status.success(),
-        "otter configure: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    server.configured_image(v1.image()?, &img, "fleet-gw")?;
 
     let mut dev = Device::new(&img, &base.join("device"), &wb.ssh_key)?;
     dev.power_on()?;
