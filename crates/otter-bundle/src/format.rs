@@ -30,9 +30,10 @@ pub struct SignatureEntry {
     pub signature: [u8; 64],
 }
 
-/// Everything before the payload.
+/// Everything before the payload, as read from a bundle's first bytes (nothing verified yet but
+/// its framing).
 #[derive(Debug, Clone)]
-pub(crate) struct Header {
+pub struct Header {
     pub manifest_bytes: Vec<u8>,
     pub signatures: Vec<SignatureEntry>,
     pub payload_start: u64,
@@ -84,8 +85,9 @@ pub fn encode_header(manifest_bytes: &[u8], signatures: &[SignatureEntry]) -> Re
     Ok(out)
 }
 
-/// Reads the header from the start of a bundle. `source_name` is used in errors only.
-pub(crate) fn read_header(r: &mut dyn Read, source_name: &str) -> Result<Header> {
+/// Reads the header from the start of a bundle. `source_name` is used in errors only. Public
+/// for tools and the fuzzers (`fuzz/`): it is the first code to see a downloaded bundle's bytes.
+pub fn read_header(r: &mut dyn Read, source_name: &str) -> Result<Header> {
     let mut pos = 0u64;
     let mut fixed = [0u8; FIXED_HEADER_LEN as usize];
     read_exact(r, &mut fixed, &mut pos, source_name, "fixed header")?;

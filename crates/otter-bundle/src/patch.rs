@@ -388,6 +388,24 @@ pub(crate) fn apply_units(
     Ok(out)
 }
 
+/// Walks the unit records of a patch set's record stream (`units` as stored in the bundle) and
+/// returns how many there are, or why the stream is malformed. What the installer does before it
+/// decompresses a unit; public for the fuzzer (`fuzz/fuzz_targets/patch_records.rs`).
+pub fn scan_records(units: &[u8]) -> std::result::Result<usize, String> {
+    let mut at = 0;
+    let mut n = 0;
+    while at < units.len() {
+        match parse_record(&units[at..])? {
+            Some((_, len)) => {
+                at += len;
+                n += 1;
+            }
+            None => return Err(format!("record {n} at byte {at} is cut short")),
+        }
+    }
+    Ok(n)
+}
+
 /// One unit record's header.
 #[derive(Debug)]
 struct Record {
