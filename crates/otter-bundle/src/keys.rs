@@ -156,11 +156,16 @@ pub fn generate_keypair(dir: &Path, name: &str) -> Result<(PathBuf, PathBuf)> {
         }
     }
     let key = SigningKey::generate();
-    // Stays in a zeroizing buffer so the secret does not linger in freed memory.
-    let secret_pem = key
-        .0
-        .to_pkcs8_pem(LineEnding::LF)
-        .map_err(|e| Error::Internal(format!("cannot encode secret key as PKCS#8: {e}")))?;
+    // PKCS#8 v1 (RFC 5208: the seed only, no public key). ed25519-dalek writes v2 (RFC 5958)
+    // by default, which OpenSSL 3.0 and Python's `cryptography` refuse; every tool reads v1, and
+    // the public key follows from the seed. Stays in a zeroizing buffer so the secret does not
+    // linger in freed memory.
+    let secret_pem = ed25519_dalek::pkcs8::KeypairBytes {
+        secret_key: key.0.to_bytes(),
+        public_key: None,
+    }
+    .to_pkcs8_pem(LineEnding::LF)
+    .map_err(|e| Error::Internal(format!("cannot encode secret key as PKCS#8: {e}")))?;
     let public_pem = key.public().to_pem()?;
 
     write_new(&secret_path, secret_pem.as_bytes(), 0o600)?;
@@ -244,6 +249,44 @@ mod tests {
         assert!(p.fingerprint().bytes().all(|b| b.is_ascii_hexdigit()));
         // Debug must not leak the secret.
         assert!(!format!("{s:?}").contains(&hex::encode(s.0.to_bytes())));
+    }
+
+    /// The secret key is PKCS#8 v1 (what OpenSSL 3.0 and Python's `cryptography` read): DER
+    /// `SEQUENCE { INTEGER 0, AlgorithmIdentifier { id-Ed25519 }, OCTET STRING { seed } }`, 48
+    /// bytes; and OpenSSL, where installed, derives the same public key from it.
+    #[test]
+    fn secret_key_is_pkcs8_v1_that_openssl_reads() {
+        let dir = tempfile::tempdir().unwrap();
+        let (sk, pk) = generate_keypair(dir.path(), "k").unwrap();
+        let pem = fs::read_to_string(&sk).unwrap();
+        let (label, der) =
+            ed25519_dalek::pkcs8::spki::der::pem::decode_vec(pem.as_bytes()).unwrap();
+        assert_eq!(label, "PRIVATE KEY");
+        assert_eq!(der.len(), 48, "v2 would carry the public key too");
+        assert_eq!(
+            &der[..16],
+            &[
+                0x30, 0x2e, 0x02, 0x01, 0x00, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x04, 0x22,
+                0x04, 0x20
+            ]
+        );
+        let Ok(out) = std::process::Command::new("openssl")
+            .args(["pkey", "-pubout", "-in"])
+            .arg(&sk)
+            .output()
+        else {
+            eprintln!("openssl not installed: its half of the check skipped");
+            return;
+        };
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(
+            String::from_utf8(out.stdout).unwrap(),
+            fs::read_to_string(&pk).unwrap()
+        );
     }
 
     #[test]
