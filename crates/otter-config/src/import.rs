@@ -14,6 +14,8 @@ use std::path::Path;
 pub struct Dropped {
     pub key: String,
     pub reason: String,
+    /// The key was carried over, but the user should check it (a note, not a drop).
+    pub kept: bool,
 }
 
 impl fmt::Display for Dropped {
@@ -26,7 +28,30 @@ fn drop_key(out: &mut Vec<Dropped>, key: impl Into<String>, reason: impl Into<St
     out.push(Dropped {
         key: key.into(),
         reason: reason.into(),
+        kept: false,
     });
+}
+
+fn note_key(out: &mut Vec<Dropped>, key: impl Into<String>, reason: impl Into<String>) {
+    out.push(Dropped {
+        key: key.into(),
+        reason: reason.into(),
+        kept: true,
+    });
+}
+
+/// Whether `url` is one of balenaCloud's own endpoints (`*.balena-cloud.com`): an Otter device
+/// must never speak Otter's protocol to it.
+fn is_balena_cloud(url: &str) -> bool {
+    let rest = url.split_once("://").map_or(url, |(_, r)| r);
+    let host = rest.split(['/', ':', '?', '#']).next().unwrap_or("");
+    let host = host
+        .rsplit('@')
+        .next()
+        .unwrap_or(host)
+        .trim_end_matches('.')
+        .to_ascii_lowercase();
+    host == "balena-cloud.com" || host.ends_with(".balena-cloud.com")
 }
 
 /// balenaCloud identity and service keys: meaningful only to balenaCloud.
@@ -107,8 +132,26 @@ pub fn from_balena(path: &Path, json: &str) -> Result<(DeviceConfig, Vec<Dropped
                 }
             }
             "apiEndpoint" => {
+                let url = json_str(path, k, v)?;
+                if is_balena_cloud(url) {
+                    drop_key(
+                        &mut dropped,
+                        k,
+                        format!(
+                            "{url} is balenaCloud's API; an Otter device talks to an Otter server (set server.url, or --server)"
+                        ),
+                    );
+                    continue;
+                }
+                note_key(
+                    &mut dropped,
+                    k,
+                    format!(
+                        "kept as server.url = {url}: check that it is an Otter server (otter server), not a balena one"
+                    ),
+                );
                 c.server = Some(Server {
-                    url: json_str(path, k, v)?.to_string(),
+                    url: url.to_string(),
                     enrollment_key: None,
                     ..Default::default()
                 })
@@ -382,7 +425,8 @@ mod tests {
         assert_eq!(c.network.wifi[0].psk.as_deref(), Some("supersecret"));
         assert_eq!(c.ssh.root_authorized_keys.len(), 1);
         assert_eq!(c.udev_rules.len(), 1);
-        assert_eq!(c.server.unwrap().url, "https://api.balena-cloud.com");
+        // balenaCloud's API is not an Otter server: dropped, never made server.url.
+        assert!(c.server.is_none());
         let keys: Vec<&str> = dropped.iter().map(|d| d.key.as_str()).collect();
         for k in [
             "applicationName",
@@ -395,6 +439,7 @@ mod tests {
             "vpnEndpoint",
             "registryEndpoint",
             "deltaEndpoint",
+            "apiEndpoint",
             "apiKey",
             "network",
             "os.network.wifi",
@@ -403,8 +448,39 @@ mod tests {
         ] {
             assert!(keys.contains(&k), "{k} not listed in {keys:?}");
         }
-        assert_eq!(keys.len(), 15, "{keys:?}");
+        assert_eq!(keys.len(), 16, "{keys:?}");
+        assert!(dropped.iter().all(|d| !d.kept));
         assert!(dropped.iter().all(|d| !d.reason.is_empty()));
+    }
+
+    #[test]
+    fn balena_api_endpoint_kept_only_when_not_balena_cloud() {
+        for cloud in [
+            "https://api.balena-cloud.com",
+            "https://API.balena-cloud.com./",
+            "api.balena-cloud.com:443",
+            "https://user@balena-cloud.com/v6",
+        ] {
+            let json = format!(r#"{{"apiEndpoint": "{cloud}"}}"#);
+            let (c, dropped) = from_balena(Path::new("config.json"), &json).unwrap();
+            assert!(c.server.is_none(), "{cloud}");
+            assert_eq!(dropped.len(), 1);
+            assert!(
+                !dropped[0].kept && dropped[0].reason.contains("balenaCloud"),
+                "{cloud}"
+            );
+        }
+        let (c, dropped) = from_balena(
+            Path::new("config.json"),
+            r#"{"apiEndpoint": "https://fleet.example.com/balena-cloud.com"}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            c.server.unwrap().url,
+            "https://fleet.example.com/balena-cloud.com"
+        );
+        assert_eq!(dropped.len(), 1);
+        assert!(dropped[0].kept && dropped[0].key == "apiEndpoint");
     }
 
     #[test]

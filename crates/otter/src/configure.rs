@@ -291,7 +291,11 @@ fn apply(a: &ConfigureArgs, mut c: DeviceConfig) -> Result<DeviceConfig> {
             .map_err(anyhow::Error::msg)
             .with_context(|| format!("merging {}", path.display()))?;
         for d in &dropped {
-            eprintln!("otter configure: not imported from {}: {d}", path.display());
+            if d.kept {
+                eprintln!("otter configure: note on {}: {d}", path.display());
+            } else {
+                eprintln!("otter configure: not imported from {}: {d}", path.display());
+            }
         }
     }
     if let Some(h) = &a.hostname {
