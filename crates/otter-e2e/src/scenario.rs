@@ -349,6 +349,11 @@ impl Device {
         }
     }
 
+    /// Power on without waiting for anything (to cut the power again during the boot).
+    pub fn power_on_nowait(&mut self) -> Result<()> {
+        self.start()
+    }
+
     /// If the guest rebooted (QEMU exited), power it on again, as a reset would.
     pub fn keep_alive(&mut self) -> Result<()> {
         if let Some(vm) = &self.vm
