@@ -82,6 +82,35 @@ const BALENA_CLOUD_KEYS: &[&str] = &[
     "balenaRootCA",
 ];
 
+/// The CPU architecture of a balena `deviceType` ("x86_64", "arm64", "armhf"), when it is a
+/// known one: so that `otter configure` can warn when a config comes from another kind of board.
+pub fn balena_device_arch(device_type: &str) -> Option<&'static str> {
+    let t = device_type.to_ascii_lowercase();
+    let starts = |prefixes: &[&str]| prefixes.iter().any(|p| t.starts_with(p));
+    if t.contains("x86-64")
+        || t.contains("x86_64")
+        || t == "generic-amd64"
+        || starts(&["intel-nuc", "surface"])
+    {
+        Some("x86_64")
+    } else if t.ends_with("-64")
+        || t.contains("aarch64")
+        || starts(&["jetson", "raspberrypi5", "imx8"])
+    {
+        Some("arm64")
+    } else if starts(&["raspberry", "beaglebone", "fincm3"]) {
+        Some("armhf")
+    } else {
+        None
+    }
+}
+
+/// The `deviceType` of a balena `config.json`, if it has one.
+pub fn balena_device_type(json: &str) -> Option<String> {
+    let v: Value = serde_json::from_str(json).ok()?;
+    v.get("deviceType")?.as_str().map(str::to_string)
+}
+
 /// Translate a balenaOS `config.json` (`path` names it in errors).
 pub fn from_balena(path: &Path, json: &str) -> Result<(DeviceConfig, Vec<Dropped>)> {
     let root: Value = serde_json::from_str(json).map_err(|e| ConfigError::Parse {
@@ -451,6 +480,32 @@ mod tests {
         assert_eq!(keys.len(), 16, "{keys:?}");
         assert!(dropped.iter().all(|d| !d.kept));
         assert!(dropped.iter().all(|d| !d.reason.is_empty()));
+    }
+
+    #[test]
+    fn balena_device_types_map_to_arches() {
+        for (t, arch) in [
+            ("raspberrypi4-64", Some("arm64")),
+            ("raspberrypi3-64", Some("arm64")),
+            ("raspberrypi5", Some("arm64")),
+            ("jetson-orin-nano-devkit-nvme", Some("arm64")),
+            ("generic-aarch64", Some("arm64")),
+            ("genericx86-64-ext", Some("x86_64")),
+            ("intel-nuc", Some("x86_64")),
+            ("qemux86-64", Some("x86_64")),
+            ("generic-amd64", Some("x86_64")),
+            ("raspberrypi3", Some("armhf")),
+            ("raspberry-pi", Some("armhf")),
+            ("beaglebone-black", Some("armhf")),
+            ("some-new-board", None),
+        ] {
+            assert_eq!(balena_device_arch(t), arch, "{t}");
+        }
+        assert_eq!(
+            balena_device_type(r#"{"deviceType": "raspberrypi4-64"}"#).as_deref(),
+            Some("raspberrypi4-64")
+        );
+        assert_eq!(balena_device_type(r#"{"deviceType": 4}"#), None);
     }
 
     #[test]

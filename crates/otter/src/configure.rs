@@ -125,6 +125,29 @@ impl ConfigureArgs {
     }
 }
 
+/// A balena `config.json` from a board of another architecture than the image (a
+/// `raspberrypi4-64` config into a qemu-x86_64 image) is likely a mistake: say so, import anyway
+/// (the settings themselves do not depend on the board).
+fn warn_other_board(target: &Path, config: &Path, text: &str) {
+    use otter_config::import::{balena_device_arch, balena_device_type};
+    let Some(device_type) = balena_device_type(text) else {
+        return;
+    };
+    let Some(from) = balena_device_arch(&device_type) else {
+        return;
+    };
+    let Ok(Some(image)) = otter_image::disk::root_arch(target) else {
+        return;
+    };
+    if from != image {
+        eprintln!(
+            "otter configure: warning: {} is from a {device_type} ({from}) device, but {} is an {image} image; check that you configure the image for that board",
+            config.display(),
+            target.display()
+        );
+    }
+}
+
 /// Where the config lives: inside an image's boot partition, or a plain file.
 enum Target {
     Image(BootPartition),
@@ -287,6 +310,9 @@ fn apply(a: &ConfigureArgs, mut c: DeviceConfig) -> Result<DeviceConfig> {
         let text =
             std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
         let (imported, dropped) = import(path, &text)?;
+        if a.from_balena.as_ref() == Some(path) {
+            warn_other_board(&a.target, path, &text);
+        }
         c = edit::merge(&c, edit::to_table(&imported))
             .map_err(anyhow::Error::msg)
             .with_context(|| format!("merging {}", path.display()))?;

@@ -71,7 +71,13 @@ fn otter_image(dir: &Path) -> PathBuf {
         &img,
         &[
             part("otter-boot", ESP_TYPE, Some(boot), 8 * MIB),
-            part("otter-root-a", LINUX_DATA_TYPE, None, MIB),
+            // The x86-64 root type, as `otter build` writes for qemu-x86_64.
+            part(
+                "otter-root-a",
+                "4F68BCE3-E8CD-4DB1-96E7-FBCAF984B709",
+                None,
+                MIB,
+            ),
             part("otter-root-b", LINUX_DATA_TYPE, None, MIB),
             part("otter-data", LINUX_DATA_TYPE, None, MIB),
         ],
@@ -392,6 +398,16 @@ fn importers_and_from_file() {
     for k in ["applicationId", "deviceType", "os.fan"] {
         assert!(err.contains(&format!("config.json: {k}:")), "{k}: {err}");
     }
+    // A Raspberry Pi 4's config into an x86_64 image: imported, with a warning.
+    assert!(
+        err.contains("warning: config.json is from a raspberrypi4-64 (arm64) device")
+            && err.contains("x86_64 image"),
+        "{err}"
+    );
+    assert!(
+        err.contains("note on config.json: apiEndpoint: kept as server.url"),
+        "{err}"
+    );
     let c = config_on(&p.join("device.img"));
     assert_eq!(c.hostname.as_deref(), Some("kiosk-3"));
     assert!(c.ssh.development_mode);
