@@ -272,6 +272,34 @@ impl RolloutState {
     }
 }
 
+/// What an admin can do to a rollout (`POST /api/v1/admin/rollouts/{id}/{action}`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RolloutAction {
+    Pause,
+    Resume,
+    Abort,
+}
+
+impl RolloutAction {
+    pub const ALL: [RolloutAction; 3] = [
+        RolloutAction::Pause,
+        RolloutAction::Resume,
+        RolloutAction::Abort,
+    ];
+    /// The path segment.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RolloutAction::Pause => "pause",
+            RolloutAction::Resume => "resume",
+            RolloutAction::Abort => "abort",
+        }
+    }
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|a| a.as_str() == s)
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct PhaseStatus {
     pub percent: f64,

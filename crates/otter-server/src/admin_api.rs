@@ -9,7 +9,7 @@ use axum::routing::{get, post};
 use otter_proto::admin::{
     AddTrustedKey, AppRelease, AuditEntry, CreateEnrollmentKey, CreateRollout, Device,
     DeviceDetail, DeviceStatus, EnrollmentKey, PinAppsRequest, PinRequest, Release, Rollout,
-    StoredLogEntry, TagChange, TrustedKey, UploadAppRelease, WhoAmI,
+    RolloutAction, StoredLogEntry, TagChange, TrustedKey, UploadAppRelease, WhoAmI,
 };
 use serde::Deserialize;
 use sqlx::Row;
@@ -765,7 +765,15 @@ async fn control_rollout(
     admin: Admin,
     Path((id, action)): Path<(String, String)>,
 ) -> ApiResult<Json<Rollout>> {
-    rollouts::control(&st, &admin.actor(), &id, &action).await?;
+    let Some(action) = RolloutAction::parse(&action) else {
+        // An unknown rollout is reported first, as for a known action.
+        rollouts::ensure_exists(&st, &id).await?;
+        return Err(ApiErr::not_found(
+            "unknown_action",
+            format!("{action}: use pause, resume or abort"),
+        ));
+    };
+    rollouts::control(&st, &admin.actor(), &id, action).await?;
     Ok(Json(rollouts::load(&st, &id).await?))
 }
 

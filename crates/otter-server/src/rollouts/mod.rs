@@ -16,8 +16,10 @@
 
 use std::collections::HashMap;
 
+use anyhow::Context;
 use otter_proto::admin::{
-    CreateRollout, PhaseSpec, PhaseStatus, Rollout, RolloutFailure, RolloutKind, RolloutState,
+    CreateRollout, PhaseSpec, PhaseStatus, Rollout, RolloutAction, RolloutFailure, RolloutKind,
+    RolloutState,
 };
 use otter_proto::{AppPhase, StateReport, UpdatePhase};
 use rand::seq::SliceRandom;
@@ -28,6 +30,9 @@ use sqlx::{Any, Row, Transaction};
 use crate::AppState;
 use crate::db::{audit, now_ms};
 use crate::error::{ApiErr, ApiResult};
+
+pub mod engine;
+pub use engine::{Decision, DeviceState};
 
 /// The target ETag of a device: changes exactly when what `GET /target` answers changes.
 pub fn etag_for(release_id: Option<&str>, source: Option<&str>) -> String {
@@ -276,9 +281,11 @@ pub async fn create(st: &AppState, actor: &str, spec: CreateRollout) -> ApiResul
     // Every device of such a rollout counts, also those of phases not started yet.
     let busy_rows = sqlx::query(
         "SELECT rd.device_id AS id FROM rollout_devices rd JOIN rollouts r ON r.id = rd.rollout_id \
-         WHERE r.state IN ('active', 'paused') AND r.kind = $1",
+         WHERE r.state IN ($2, $3) AND r.kind = $1",
     )
     .bind(kind.as_str())
+    .bind(RolloutState::Active.as_str())
+    .bind(RolloutState::Paused.as_str())
     .fetch_all(&st.db.read)
     .await?;
     let mut busy = std::collections::HashSet::new();
@@ -391,7 +398,7 @@ pub async fn create(st: &AppState, actor: &str, spec: CreateRollout) -> ApiResul
     let mut tx = st.db.write.begin().await?;
     sqlx::query(
         "INSERT INTO rollouts (id, release_id, state, phase, phases_json, success_threshold, failure_threshold, deadline_secs, total, phase_started_at, created_at, created_by, updated_at, kind) \
-         VALUES ($1, $2, 'active', 0, $3, $4, $5, $6, $7, $8, $8, $9, $8, $10)",
+         VALUES ($1, $2, $11, 0, $3, $4, $5, $6, $7, $8, $8, $9, $8, $10)",
     )
     .bind(&id)
     .bind(&release_id)
@@ -403,6 +410,7 @@ pub async fn create(st: &AppState, actor: &str, spec: CreateRollout) -> ApiResul
     .bind(now)
     .bind(actor)
     .bind(kind.as_str())
+    .bind(RolloutState::Active.as_str())
     .execute(&mut *tx)
     .await?;
     // Many rows per statement: 100,000 single inserts would hold the writer for long.
@@ -416,10 +424,11 @@ pub async fn create(st: &AppState, actor: &str, spec: CreateRollout) -> ApiResul
             }
             let b = i * 3;
             sql.push_str(&format!(
-                "($1, ${}, ${}, ${}, 'waiting')",
+                "($1, ${}, ${}, ${}, '{}')",
                 b + 2,
                 b + 3,
-                b + 4
+                b + 4,
+                DeviceState::Waiting.as_str()
             ));
         }
         let mut q = sqlx::query(&sql).bind(&id);
@@ -475,11 +484,13 @@ async fn start_phase(
     .execute(&mut **tx)
     .await?;
     sqlx::query(
-        "UPDATE rollout_devices SET state = 'targeted', targeted_at = $1 WHERE rollout_id = $2 AND phase = $3 AND state = 'waiting'",
+        "UPDATE rollout_devices SET state = $4, targeted_at = $1 WHERE rollout_id = $2 AND phase = $3 AND state = $5",
     )
     .bind(now)
     .bind(rollout_id)
     .bind(phase)
+    .bind(DeviceState::Targeted.as_str())
+    .bind(DeviceState::Waiting.as_str())
     .execute(&mut **tx)
     .await?;
     Ok(())
@@ -508,17 +519,18 @@ async fn record_os(
     let row = sqlx::query(
         "SELECT d.rollout_id, rel.version FROM devices d JOIN releases rel ON rel.id = d.rollout_release_id \
          JOIN rollout_devices rd ON rd.rollout_id = d.rollout_id AND rd.device_id = d.id \
-         WHERE d.id = $1 AND rd.state = 'targeted'",
+         WHERE d.id = $1 AND rd.state = $2",
     )
     .bind(device_id)
+    .bind(DeviceState::Targeted.as_str())
     .fetch_optional(&mut **tx)
     .await?;
     let Some(row) = row else { return Ok(()) };
     let rollout_id: String = row.try_get("rollout_id")?;
     let version: String = row.try_get("version")?;
-    let mut outcome: Option<(&str, String)> = None;
+    let mut outcome: Option<(DeviceState, String)> = None;
     if let Some(rb) = r.rollbacks.iter().find(|rb| rb.version == version) {
-        outcome = Some(("failed", format!("rolled back: {}", rb.reason)));
+        outcome = Some((DeviceState::Failed, format!("rolled back: {}", rb.reason)));
     } else if let Some(u) = r.update.as_ref().filter(|u| u.version == version) {
         if u.phase.is_failure() {
             let why = u.error.clone().unwrap_or_else(|| u.phase.as_str().into());
@@ -527,12 +539,12 @@ async fn record_os(
             } else {
                 "install failed"
             };
-            outcome = Some(("failed", format!("{what}: {why}")));
+            outcome = Some((DeviceState::Failed, format!("{what}: {why}")));
         } else if u.phase == UpdatePhase::Committed {
-            outcome = Some(("succeeded", String::new()));
+            outcome = Some((DeviceState::Succeeded, String::new()));
         }
     } else if r.os_version.as_deref() == Some(version.as_str()) {
-        outcome = Some(("succeeded", String::new()));
+        outcome = Some((DeviceState::Succeeded, String::new()));
     }
     let Some((state, reason)) = outcome else {
         return Ok(());
@@ -550,9 +562,10 @@ async fn record_apps(
     let row = sqlx::query(
         "SELECT d.app_rollout_id, d.app_rollout_release_id FROM devices d \
          JOIN rollout_devices rd ON rd.rollout_id = d.app_rollout_id AND rd.device_id = d.id \
-         WHERE d.id = $1 AND rd.state = 'targeted'",
+         WHERE d.id = $1 AND rd.state = $2",
     )
     .bind(device_id)
+    .bind(DeviceState::Targeted.as_str())
     .fetch_optional(&mut **tx)
     .await?;
     let Some(row) = row else { return Ok(()) };
@@ -568,7 +581,7 @@ async fn record_apps(
 pub fn app_outcome(
     apps: &otter_proto::AppsReport,
     release_id: &str,
-) -> Option<(&'static str, String)> {
+) -> Option<(DeviceState, String)> {
     if let Some(l) = apps
         .last_apply
         .as_ref()
@@ -581,29 +594,30 @@ pub fn app_outcome(
                 AppPhase::Refused => "refused",
                 _ => "apply failed",
             };
-            return Some(("failed", format!("{what}: {why}")));
+            return Some((DeviceState::Failed, format!("{what}: {why}")));
         }
         if l.phase != AppPhase::Applied {
             return None;
         }
     }
     let runs = apps.app_release_id.as_deref() == Some(release_id);
-    (runs && apps.services.iter().all(|s| s.is_ok())).then(|| ("succeeded", String::new()))
+    (runs && apps.services.iter().all(|s| s.is_ok()))
+        .then(|| (DeviceState::Succeeded, String::new()))
 }
 
 async fn finish_device(
     tx: &mut Transaction<'_, Any>,
     rollout_id: &str,
     device_id: &str,
-    state: &str,
+    state: DeviceState,
     reason: &str,
     now: i64,
 ) -> sqlx::Result<()> {
     sqlx::query(
         "UPDATE rollout_devices SET state = $1, reason = $2, finished_at = $3 \
-         WHERE rollout_id = $4 AND device_id = $5 AND state = 'targeted'",
+         WHERE rollout_id = $4 AND device_id = $5 AND state = $6",
     )
-    .bind(state)
+    .bind(state.as_str())
     .bind(if reason.is_empty() {
         None
     } else {
@@ -612,9 +626,10 @@ async fn finish_device(
     .bind(now)
     .bind(rollout_id)
     .bind(device_id)
+    .bind(DeviceState::Targeted.as_str())
     .execute(&mut **tx)
     .await?;
-    if state == "failed" {
+    if state == DeviceState::Failed {
         audit(
             &mut **tx,
             &format!("device:{device_id}"),
@@ -629,7 +644,8 @@ async fn finish_device(
 
 /// Evaluates every active rollout once.
 pub async fn tick(st: &AppState) -> anyhow::Result<()> {
-    let ids = sqlx::query("SELECT id FROM rollouts WHERE state = 'active'")
+    let ids = sqlx::query("SELECT id FROM rollouts WHERE state = $1")
+        .bind(RolloutState::Active.as_str())
         .fetch_all(&st.db.read)
         .await?;
     for r in ids {
@@ -650,156 +666,211 @@ pub async fn run_ticker(st: AppState) {
     }
 }
 
+/// One tick of one rollout: load its counts (store), decide ([`engine::step`], pure), apply
+/// the decision (store). Every change is conditional on the rollout still being active in the
+/// phase that was decided on, so two processes never both apply it.
 async fn evaluate(st: &AppState, id: &str) -> anyhow::Result<()> {
     let now = now_ms();
     let mut tx = st.db.write.begin().await?;
-    let Some(r) = sqlx::query(
-        "SELECT release_id, kind, phase, phases_json, success_threshold, failure_threshold, deadline_secs, ack_failed, phase_started_at \
-         FROM rollouts WHERE id = $1 AND state = 'active'",
-    )
-    .bind(id)
-    .fetch_optional(&mut *tx)
-    .await?
-    else {
+    let Some(ro) = load_active(&mut tx, id).await? else {
         return Ok(());
     };
-    let phase: i64 = r.try_get("phase")?;
-    let mut phases: Vec<StoredPhase> =
-        serde_json::from_str(&r.try_get::<String, _>("phases_json")?)?;
-    let success_t: f64 = r.try_get("success_threshold")?;
-    let failure_t: f64 = r.try_get("failure_threshold")?;
-    let deadline: i64 = r.try_get("deadline_secs")?;
-    let ack_failed: i64 = r.try_get("ack_failed")?;
-    let started: i64 = r.try_get("phase_started_at")?;
-    let release_id: String = r.try_get("release_id")?;
-    let kind = parse_kind(&r.try_get::<String, _>("kind")?);
-    let subject = format!("rollout:{id}");
-
-    let silent = sqlx::query(
-        "UPDATE rollout_devices SET state = 'failed', finished_at = $1, reason = $2 \
-         WHERE rollout_id = $3 AND state = 'targeted' AND targeted_at < $4",
-    )
-    .bind(now)
-    .bind(format!("silent past the deadline ({deadline} s)"))
-    .bind(id)
-    .bind(now - deadline * 1000)
-    .execute(&mut *tx)
-    .await?
-    .rows_affected();
-    if silent > 0 {
-        audit(
-            &mut *tx,
-            "server",
-            "devices_silent",
-            &subject,
-            &format!("{silent} device(s) silent past the deadline ({deadline} s) count as failed"),
-        )
-        .await?;
-    }
-    let counts = sqlx::query(
-        "SELECT state, COUNT(*) AS n FROM rollout_devices WHERE rollout_id = $1 AND phase <= $2 GROUP BY state",
-    )
-    .bind(id)
-    .bind(phase)
-    .fetch_all(&mut *tx)
-    .await?;
-    let (mut total, mut failed, mut succeeded) = (0i64, 0i64, 0i64);
-    for c in counts {
-        let n: i64 = c.try_get("n")?;
-        total += n;
-        match c.try_get::<String, _>("state")?.as_str() {
-            "failed" => failed += n,
-            "succeeded" => succeeded += n,
-            _ => {}
-        }
-    }
-    let counted_failed = (failed - ack_failed).max(0);
-    if total > 0 && counted_failed as f64 / total as f64 > failure_t {
-        let reason = format!(
-            "paused itself: {counted_failed} of {total} device(s) failed ({:.1}%), above the failure threshold of {:.1}%",
-            100.0 * counted_failed as f64 / total as f64,
-            100.0 * failure_t
-        );
-        let n = sqlx::query(
-            "UPDATE rollouts SET state = 'paused', reason = $1, updated_at = $2 WHERE id = $3 AND state = 'active' AND phase = $4",
-        )
-        .bind(&reason)
-        .bind(now)
-        .bind(id)
-        .bind(phase)
-        .execute(&mut *tx)
-        .await?
-        .rows_affected();
-        if n == 1 {
-            audit(&mut *tx, "server", "rollout_paused", &subject, &reason).await?;
-        }
-    } else {
-        let soak_ms = phases
-            .get(phase as usize)
-            .map_or(0, |p| p.min_soak_secs as i64 * 1000);
-        let ratio_ok = total == 0 || succeeded as f64 / total as f64 >= success_t;
-        if now - started >= soak_ms && ratio_ok {
-            let next = phase + 1;
-            if next as usize >= phases.len() {
-                let n = sqlx::query(
-                    "UPDATE rollouts SET state = 'completed', reason = NULL, updated_at = $1 WHERE id = $2 AND state = 'active' AND phase = $3",
-                )
-                .bind(now)
-                .bind(id)
-                .bind(phase)
-                .execute(&mut *tx)
-                .await?
-                .rows_affected();
-                if n == 1 {
-                    audit(
-                        &mut *tx,
-                        "server",
-                        "rollout_completed",
-                        &subject,
-                        &format!("{succeeded} of {total} device(s) succeeded"),
-                    )
-                    .await?;
-                }
-            } else {
-                if let Some(p) = phases.get_mut(next as usize) {
-                    p.started_at_ms = Some(now);
-                }
-                let n = sqlx::query(
-                    "UPDATE rollouts SET phase = $1, phases_json = $2, phase_started_at = $3, updated_at = $3 \
-                     WHERE id = $4 AND state = 'active' AND phase = $5",
-                )
-                .bind(next)
-                .bind(serde_json::to_string(&phases)?)
-                .bind(now)
-                .bind(id)
-                .bind(phase)
-                .execute(&mut *tx)
-                .await?
-                .rows_affected();
-                if n == 1 {
-                    start_phase(&mut tx, cols(kind), id, &release_id, next, now).await?;
-                    audit(
-                        &mut *tx,
-                        "server",
-                        "phase_started",
-                        &subject,
-                        &format!(
-                            "phase {} ({}%) after {succeeded} of {total} succeeded",
-                            next + 1,
-                            phases[next as usize].percent
-                        ),
-                    )
-                    .await?;
-                }
-            }
-        }
-    }
+    expire_silent(&mut tx, &ro, now).await?;
+    let counts = phase_counts(&mut tx, id, ro.rule.phase).await?;
+    let decision = engine::step(&ro.rule, counts, now);
+    apply(&mut tx, ro, counts, decision, now).await?;
     tx.commit().await?;
     Ok(())
 }
 
-/// `pause`, `resume` or `abort` by an admin.
-pub async fn control(st: &AppState, actor: &str, id: &str, action: &str) -> ApiResult<()> {
+/// An active rollout as [`evaluate`] needs it.
+struct ActiveRollout {
+    id: String,
+    release_id: String,
+    kind: RolloutKind,
+    phases: Vec<StoredPhase>,
+    deadline_secs: i64,
+    rule: engine::Active,
+}
+
+async fn load_active(
+    tx: &mut Transaction<'_, Any>,
+    id: &str,
+) -> anyhow::Result<Option<ActiveRollout>> {
+    let Some(r) = sqlx::query(
+        "SELECT release_id, kind, phase, phases_json, success_threshold, failure_threshold, deadline_secs, ack_failed, phase_started_at \
+         FROM rollouts WHERE id = $1 AND state = $2",
+    )
+    .bind(id)
+    .bind(RolloutState::Active.as_str())
+    .fetch_optional(&mut **tx)
+    .await?
+    else {
+        return Ok(None);
+    };
+    let phases: Vec<StoredPhase> = serde_json::from_str(&r.try_get::<String, _>("phases_json")?)
+        .with_context(|| format!("decoding the phases of rollout {id}"))?;
+    let rule = engine::Active {
+        phase: usize::try_from(r.try_get::<i64, _>("phase")?).unwrap_or(0),
+        soak_secs: phases.iter().map(|p| p.min_soak_secs).collect(),
+        phase_started_at_ms: r.try_get("phase_started_at")?,
+        success_threshold: r.try_get("success_threshold")?,
+        failure_threshold: r.try_get("failure_threshold")?,
+        ack_failed: u64::try_from(r.try_get::<i64, _>("ack_failed")?).unwrap_or(0),
+    };
+    Ok(Some(ActiveRollout {
+        id: id.to_owned(),
+        release_id: r.try_get("release_id")?,
+        kind: parse_kind(&r.try_get::<String, _>("kind")?),
+        phases,
+        deadline_secs: r.try_get("deadline_secs")?,
+        rule,
+    }))
+}
+
+/// Targeted devices silent past the deadline count as failed.
+async fn expire_silent(
+    tx: &mut Transaction<'_, Any>,
+    ro: &ActiveRollout,
+    now: i64,
+) -> anyhow::Result<()> {
+    let deadline = ro.deadline_secs;
+    let silent = sqlx::query(
+        "UPDATE rollout_devices SET state = $1, finished_at = $2, reason = $3 \
+         WHERE rollout_id = $4 AND state = $5 AND targeted_at < $6",
+    )
+    .bind(DeviceState::Failed.as_str())
+    .bind(now)
+    .bind(format!("silent past the deadline ({deadline} s)"))
+    .bind(&ro.id)
+    .bind(DeviceState::Targeted.as_str())
+    .bind(now - deadline * 1000)
+    .execute(&mut **tx)
+    .await?
+    .rows_affected();
+    if silent > 0 {
+        audit(
+            &mut **tx,
+            "server",
+            "devices_silent",
+            &format!("rollout:{}", ro.id),
+            &format!("{silent} device(s) silent past the deadline ({deadline} s) count as failed"),
+        )
+        .await?;
+    }
+    Ok(())
+}
+
+/// The devices of phases up to `phase`, by state.
+async fn phase_counts(
+    tx: &mut Transaction<'_, Any>,
+    id: &str,
+    phase: usize,
+) -> anyhow::Result<engine::Counts> {
+    let rows = sqlx::query(
+        "SELECT state, COUNT(*) AS n FROM rollout_devices WHERE rollout_id = $1 AND phase <= $2 GROUP BY state",
+    )
+    .bind(id)
+    .bind(phase as i64)
+    .fetch_all(&mut **tx)
+    .await?;
+    let mut c = engine::Counts::default();
+    for r in rows {
+        let n = u64::try_from(r.try_get::<i64, _>("n")?).unwrap_or(0);
+        c.total += n;
+        match DeviceState::parse(&r.try_get::<String, _>("state")?) {
+            Some(DeviceState::Failed) => c.failed += n,
+            Some(DeviceState::Succeeded) => c.succeeded += n,
+            _ => {}
+        }
+    }
+    Ok(c)
+}
+
+/// Carries out a tick's decision; each change only if the rollout is still active in the
+/// phase decided on (another process may have been first).
+async fn apply(
+    tx: &mut Transaction<'_, Any>,
+    mut ro: ActiveRollout,
+    c: engine::Counts,
+    decision: Decision,
+    now: i64,
+) -> anyhow::Result<()> {
+    let subject = format!("rollout:{}", ro.id);
+    let phase = ro.rule.phase as i64;
+    let (succeeded, total) = (c.succeeded, c.total);
+    match decision {
+        Decision::Wait => {}
+        Decision::Pause(why) => {
+            let reason = why.to_string();
+            if set_state(tx, &ro.id, phase, RolloutState::Paused, Some(&reason), now).await? {
+                audit(&mut **tx, "server", "rollout_paused", &subject, &reason).await?;
+            }
+        }
+        Decision::Complete => {
+            if set_state(tx, &ro.id, phase, RolloutState::Completed, None, now).await? {
+                let detail = format!("{succeeded} of {total} device(s) succeeded");
+                audit(&mut **tx, "server", "rollout_completed", &subject, &detail).await?;
+            }
+        }
+        Decision::Advance(next) => {
+            let Some(p) = ro.phases.get_mut(next) else {
+                anyhow::bail!("rollout {}: no phase {next} to advance to", ro.id);
+            };
+            p.started_at_ms = Some(now);
+            let percent = p.percent;
+            let n = sqlx::query(
+                "UPDATE rollouts SET phase = $1, phases_json = $2, phase_started_at = $3, updated_at = $3 \
+                 WHERE id = $4 AND state = $5 AND phase = $6",
+            )
+            .bind(next as i64)
+            .bind(serde_json::to_string(&ro.phases)?)
+            .bind(now)
+            .bind(&ro.id)
+            .bind(RolloutState::Active.as_str())
+            .bind(phase)
+            .execute(&mut **tx)
+            .await?
+            .rows_affected();
+            if n == 1 {
+                start_phase(tx, cols(ro.kind), &ro.id, &ro.release_id, next as i64, now).await?;
+                let detail = format!(
+                    "phase {} ({percent}%) after {succeeded} of {total} succeeded",
+                    next + 1
+                );
+                audit(&mut **tx, "server", "phase_started", &subject, &detail).await?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Moves an active rollout in phase `phase` to `to`; false when it no longer is.
+async fn set_state(
+    tx: &mut Transaction<'_, Any>,
+    id: &str,
+    phase: i64,
+    to: RolloutState,
+    reason: Option<&str>,
+    now: i64,
+) -> sqlx::Result<bool> {
+    let n = sqlx::query(
+        "UPDATE rollouts SET state = $1, reason = $2, updated_at = $3 WHERE id = $4 AND state = $5 AND phase = $6",
+    )
+    .bind(to.as_str())
+    .bind(reason)
+    .bind(now)
+    .bind(id)
+    .bind(RolloutState::Active.as_str())
+    .bind(phase)
+    .execute(&mut **tx)
+    .await?
+    .rows_affected();
+    Ok(n == 1)
+}
+
+/// Pause, resume or abort by an admin.
+pub async fn control(st: &AppState, actor: &str, id: &str, action: RolloutAction) -> ApiResult<()> {
     let now = now_ms();
     let subject = format!("rollout:{id}");
     let mut tx = st.db.write.begin().await?;
@@ -807,55 +878,36 @@ pub async fn control(st: &AppState, actor: &str, id: &str, action: &str) -> ApiR
         .bind(id)
         .fetch_optional(&mut *tx)
         .await?
-        .ok_or_else(|| {
-            ApiErr::not_found(
-                "unknown_rollout",
-                format!("no rollout {id} (otter rollout status)"),
-            )
-        })?;
+        .ok_or_else(|| unknown_rollout(id))?;
     let state: String = row.try_get("state")?;
+    let state = RolloutState::parse(&state)
+        .ok_or_else(|| ApiErr::internal("reading rollout", format!("bad state {state}")))?;
     let c = cols(parse_kind(&row.try_get::<String, _>("kind")?));
-    let (from, to): (&[&str], &str) = match action {
-        "pause" => (&["active"], "paused"),
-        "resume" => (&["paused"], "active"),
-        "abort" => (&["active", "paused"], "aborted"),
-        _ => {
-            return Err(ApiErr::not_found(
-                "unknown_action",
-                format!("{action}: use pause, resume or abort"),
-            ));
-        }
-    };
-    if !from.contains(&state.as_str()) {
-        return Err(ApiErr::conflict(
-            "bad_state",
-            format!(
-                "rollout {id} is {state}; {action} needs it {}",
-                from.join(" or ")
-            ),
-        ));
-    }
-    let reason = format!("{action}d by {actor}").replace("abortd", "aborted");
-    if action == "resume" {
+    let to = engine::control(state, action)
+        .map_err(|e| ApiErr::conflict("bad_state", format!("rollout {id} {e}")))?;
+    let reason = engine::control_reason(action, actor);
+    if action == RolloutAction::Resume {
         // Failures seen so far are acknowledged by whoever resumes: only new ones count.
         sqlx::query(
-            "UPDATE rollouts SET state = 'active', reason = NULL, updated_at = $1, \
-             ack_failed = (SELECT COUNT(*) FROM rollout_devices WHERE rollout_id = $2 AND state = 'failed') WHERE id = $2",
+            "UPDATE rollouts SET state = $1, reason = NULL, updated_at = $2, \
+             ack_failed = (SELECT COUNT(*) FROM rollout_devices WHERE rollout_id = $3 AND state = $4) WHERE id = $3",
         )
+        .bind(to.as_str())
         .bind(now)
         .bind(id)
+        .bind(DeviceState::Failed.as_str())
         .execute(&mut *tx)
         .await?;
     } else {
         sqlx::query("UPDATE rollouts SET state = $1, reason = $2, updated_at = $3 WHERE id = $4")
-            .bind(to)
+            .bind(to.as_str())
             .bind(&reason)
             .bind(now)
             .bind(id)
             .execute(&mut *tx)
             .await?;
     }
-    if action == "abort" {
+    if action == RolloutAction::Abort {
         // Devices stop being targeted; what they installed stays.
         let ids = sqlx::query(&format!("SELECT id FROM devices WHERE {} = $1", c.rollout))
             .bind(id)
@@ -873,8 +925,32 @@ pub async fn control(st: &AppState, actor: &str, id: &str, action: &str) -> ApiR
             refresh_target(&mut tx, &r.try_get::<String, _>("id")?).await?;
         }
     }
-    audit(&mut *tx, actor, &format!("rollout_{to}"), &subject, &reason).await?;
+    audit(
+        &mut *tx,
+        actor,
+        &format!("rollout_{}", to.as_str()),
+        &subject,
+        &reason,
+    )
+    .await?;
     tx.commit().await?;
+    Ok(())
+}
+
+fn unknown_rollout(id: &str) -> ApiErr {
+    ApiErr::not_found(
+        "unknown_rollout",
+        format!("no rollout {id} (otter rollout status)"),
+    )
+}
+
+/// Fails with `unknown_rollout` when there is no rollout `id`.
+pub async fn ensure_exists(st: &AppState, id: &str) -> ApiResult<()> {
+    sqlx::query("SELECT id FROM rollouts WHERE id = $1")
+        .bind(id)
+        .fetch_optional(&st.db.read)
+        .await?
+        .ok_or_else(|| unknown_rollout(id))?;
     Ok(())
 }
 
@@ -896,14 +972,18 @@ pub async fn load(st: &AppState, id: &str) -> ApiResult<Rollout> {
     .bind(id)
     .fetch_all(&st.db.read)
     .await?;
-    let mut per: HashMap<(i64, String), u64> = HashMap::new();
+    let mut per: HashMap<(i64, DeviceState), u64> = HashMap::new();
     for c in counts {
+        let state: String = c.try_get("state")?;
+        let state = DeviceState::parse(&state).ok_or_else(|| {
+            ApiErr::internal("reading rollout devices", format!("bad state {state}"))
+        })?;
         per.insert(
-            (c.try_get("phase")?, c.try_get("state")?),
+            (c.try_get("phase")?, state),
             c.try_get::<i64, _>("n")? as u64,
         );
     }
-    let get = |p: i64, s: &str| per.get(&(p, s.to_owned())).copied().unwrap_or(0);
+    let get = |p: i64, s: DeviceState| per.get(&(p, s)).copied().unwrap_or(0);
     let phase_status = phases
         .iter()
         .enumerate()
@@ -912,20 +992,18 @@ pub async fn load(st: &AppState, id: &str) -> ApiResult<Rollout> {
             PhaseStatus {
                 percent: p.percent,
                 min_soak_secs: p.min_soak_secs,
-                devices: ["waiting", "targeted", "succeeded", "failed"]
-                    .iter()
-                    .map(|s| get(i, s))
-                    .sum(),
-                succeeded: get(i, "succeeded"),
-                failed: get(i, "failed"),
+                devices: DeviceState::ALL.iter().map(|s| get(i, *s)).sum(),
+                succeeded: get(i, DeviceState::Succeeded),
+                failed: get(i, DeviceState::Failed),
                 started_at_ms: p.started_at_ms,
             }
         })
         .collect();
     let fails = sqlx::query(
-        "SELECT device_id, reason, finished_at FROM rollout_devices WHERE rollout_id = $1 AND state = 'failed' ORDER BY finished_at DESC LIMIT 100",
+        "SELECT device_id, reason, finished_at FROM rollout_devices WHERE rollout_id = $1 AND state = $2 ORDER BY finished_at DESC LIMIT 100",
     )
     .bind(id)
+    .bind(DeviceState::Failed.as_str())
     .fetch_all(&st.db.read)
     .await?;
     let mut failures = Vec::new();
