@@ -9,8 +9,8 @@ use otter_proto::admin::{AppRelease, UploadAppRelease};
 use sqlx::Row;
 
 use crate::AppState;
-use crate::db::{audit, now_ms};
 use crate::error::{ApiErr, ApiResult};
+use crate::store::{audit, now_ms};
 
 /// Where a device keeps an applied app's files (relative paths in compose files resolve
 /// there); used only to parse the set the way the device will.

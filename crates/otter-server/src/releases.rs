@@ -8,13 +8,13 @@ use ed25519_dalek::pkcs8::DecodePublicKey;
 use futures::StreamExt;
 use object_store::{ObjectStore, WriteMultipart};
 use otter_bundle::PublicKey;
-use otter_proto::admin::Release;
+use otter_proto::admin::{Release, TrustedKey};
 use sqlx::Row;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::AppState;
-use crate::db::{audit, now_ms};
 use crate::error::{ApiErr, ApiResult};
+use crate::store::{self, audit, now_ms};
 
 /// Parses an SPKI PEM Ed25519 public key (the `.pub` files of `otter keys generate`).
 pub fn parse_public_key_pem(pem: &str) -> Result<PublicKey, String> {
@@ -26,23 +26,80 @@ pub fn parse_public_key_pem(pem: &str) -> Result<PublicKey, String> {
 /// The fleet's trusted release keys: `--trusted-key` flags plus those added through the API.
 pub async fn trusted_keys(st: &AppState) -> ApiResult<Vec<PublicKey>> {
     let mut keys = st.flag_keys.clone();
-    let rows = sqlx::query("SELECT fingerprint, pem FROM trusted_keys")
-        .fetch_all(&st.db.read)
-        .await?;
-    for r in rows {
-        let pem: String = r.try_get("pem")?;
-        let k = parse_public_key_pem(&pem).map_err(|e| {
+    for k in store::keys::trusted_keys(&st.db).await? {
+        let pk = parse_public_key_pem(&k.pem).map_err(|e| {
             ApiErr::internal(
                 "loading trusted keys",
-                format!(
-                    "key {}: {e}",
-                    r.try_get::<String, _>("fingerprint").unwrap_or_default()
-                ),
+                format!("key {}: {e}", k.fingerprint),
             )
         })?;
-        keys.push(k);
+        keys.push(pk);
     }
     Ok(keys)
+}
+
+/// The trusted keys as the admin API lists them: flags first, then the added ones.
+pub async fn list_trusted(st: &AppState) -> ApiResult<Vec<TrustedKey>> {
+    let mut out = Vec::new();
+    for k in &st.flag_keys {
+        out.push(TrustedKey {
+            fingerprint: k.fingerprint(),
+            pem: k
+                .to_pem()
+                .map_err(|e| ApiErr::internal("encoding a key", e))?,
+            added_at_ms: 0,
+            source: "flag".into(),
+        });
+    }
+    out.extend(store::keys::trusted_keys(&st.db).await?);
+    Ok(out)
+}
+
+/// Trusts one more release key (a PEM public key).
+pub async fn add_trusted(st: &AppState, actor: &str, pem: &str) -> ApiResult<TrustedKey> {
+    let key = parse_public_key_pem(pem)
+        .map_err(|e| ApiErr::bad_request("invalid_key", format!("pem: {e}")))?;
+    let pem = key
+        .to_pem()
+        .map_err(|e| ApiErr::internal("encoding a key", e))?;
+    let fp = key.fingerprint();
+    let k = TrustedKey {
+        fingerprint: fp.clone(),
+        pem,
+        added_at_ms: now_ms(),
+        source: actor.to_owned(),
+    };
+    let mut tx = st.db.write.begin().await?;
+    if !store::keys::insert_trusted_key(&mut tx, &k).await? {
+        return Err(ApiErr::conflict(
+            "key_exists",
+            format!("key {fp} is already trusted"),
+        ));
+    }
+    audit(&mut *tx, actor, "key_trusted", &format!("key:{fp}"), "").await?;
+    tx.commit().await?;
+    Ok(k)
+}
+
+/// Finds a release by id, or by version when that is unambiguous: (id, version, compatible).
+pub async fn resolve(st: &AppState, what: &str) -> ApiResult<(String, String, String)> {
+    let mut rows = store::releases::by_id_or_version(&st.db, what).await?;
+    if let Some(i) = rows.iter().position(|r| r.0 == what) {
+        return Ok(rows.swap_remove(i));
+    }
+    match rows.len() {
+        0 => Err(ApiErr::not_found(
+            "unknown_release",
+            format!("no release with id or version {what:?} (otter release ls)"),
+        )),
+        1 => Ok(rows.swap_remove(0)),
+        _ => Err(ApiErr::conflict(
+            "ambiguous_release",
+            format!(
+                "version {what} exists for several boards; give the release id (otter release ls)"
+            ),
+        )),
+    }
 }
 
 pub fn release_from_row(r: &sqlx::any::AnyRow) -> Result<Release, sqlx::Error> {
