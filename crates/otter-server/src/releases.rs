@@ -9,7 +9,6 @@ use futures::StreamExt;
 use object_store::{ObjectStore, WriteMultipart};
 use otter_bundle::PublicKey;
 use otter_proto::admin::{Release, TrustedKey};
-use sqlx::Row;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::AppState;
@@ -100,19 +99,6 @@ pub async fn resolve(st: &AppState, what: &str) -> ApiResult<(String, String, St
             ),
         )),
     }
-}
-
-pub fn release_from_row(r: &sqlx::any::AnyRow) -> Result<Release, sqlx::Error> {
-    Ok(Release {
-        id: r.try_get("id")?,
-        version: r.try_get("version")?,
-        compatible: r.try_get("compatible")?,
-        size: r.try_get::<i64, _>("size")? as u64,
-        manifest_digest: r.try_get("manifest_digest")?,
-        signer: r.try_get("signer")?,
-        uploaded_at_ms: r.try_get("uploaded_at")?,
-        uploaded_by: r.try_get("uploaded_by")?,
-    })
 }
 
 struct Checked {
@@ -220,20 +206,13 @@ pub async fn upload(st: &AppState, actor: &str, body: Body) -> ApiResult<Release
     let id = checked.digest[..16].to_owned();
 
     let dup =
-        sqlx::query("SELECT id FROM releases WHERE id = $1 OR (compatible = $2 AND version = $3)")
-            .bind(&id)
-            .bind(&checked.compatible)
-            .bind(&checked.version)
-            .fetch_optional(&st.db.read)
-            .await?;
+        store::releases::duplicate(&st.db, &id, &checked.compatible, &checked.version).await?;
     if let Some(d) = dup {
         return Err(ApiErr::conflict(
             "release_exists",
             format!(
-                "release {} for {} already exists (id {}); bump the version",
-                checked.version,
-                checked.compatible,
-                d.try_get::<String, _>("id")?
+                "release {} for {} already exists (id {d}); bump the version",
+                checked.version, checked.compatible,
             ),
         ));
     }
@@ -243,32 +222,29 @@ pub async fn upload(st: &AppState, actor: &str, body: Body) -> ApiResult<Release
         .await
         .map_err(|e| ApiErr::internal(&format!("storing the bundle as {obj}"), e))?;
     let now = now_ms();
+    let release = Release {
+        id,
+        version: checked.version,
+        compatible: checked.compatible,
+        size,
+        manifest_digest: checked.digest,
+        signer: checked.signer,
+        uploaded_at_ms: now,
+        uploaded_by: actor.to_owned(),
+    };
+    let detail = format!(
+        "{} for {}, {size} bytes, signed by {}",
+        release.version, release.compatible, release.signer
+    );
     let insert = async {
         let mut tx = st.db.write.begin().await?;
-        sqlx::query(
-            "INSERT INTO releases (id, version, compatible, size, manifest_digest, signer, object_path, uploaded_at, uploaded_by) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
-        )
-        .bind(&id)
-        .bind(&checked.version)
-        .bind(&checked.compatible)
-        .bind(size as i64)
-        .bind(&checked.digest)
-        .bind(&checked.signer)
-        .bind(obj.to_string())
-        .bind(now)
-        .bind(actor)
-        .execute(&mut *tx)
-        .await?;
+        store::releases::insert(&mut tx, &release, obj.as_ref()).await?;
         audit(
             &mut *tx,
             actor,
             "release_uploaded",
-            &format!("release:{id}"),
-            &format!(
-                "{} for {}, {size} bytes, signed by {}",
-                checked.version, checked.compatible, checked.signer
-            ),
+            &format!("release:{}", release.id),
+            &detail,
         )
         .await?;
         tx.commit().await
@@ -284,7 +260,7 @@ pub async fn upload(st: &AppState, actor: &str, body: Body) -> ApiResult<Release
                     "release_exists",
                     format!(
                         "release {} for {} already exists",
-                        checked.version, checked.compatible
+                        release.version, release.compatible
                     ),
                 )
             } else {
@@ -292,16 +268,7 @@ pub async fn upload(st: &AppState, actor: &str, body: Body) -> ApiResult<Release
             },
         );
     }
-    Ok(Release {
-        id,
-        version: checked.version,
-        compatible: checked.compatible,
-        size,
-        manifest_digest: checked.digest,
-        signer: checked.signer,
-        uploaded_at_ms: now,
-        uploaded_by: actor.to_owned(),
-    })
+    Ok(release)
 }
 
 async fn copy_to_store(
@@ -326,11 +293,5 @@ async fn copy_to_store(
 }
 
 pub async fn list(st: &AppState) -> ApiResult<Vec<Release>> {
-    let rows = sqlx::query("SELECT * FROM releases ORDER BY uploaded_at DESC")
-        .fetch_all(&st.db.read)
-        .await?;
-    Ok(rows
-        .iter()
-        .map(release_from_row)
-        .collect::<Result<_, _>>()?)
+    Ok(store::releases::list(&st.db).await?)
 }
