@@ -20,47 +20,39 @@ use crate::error::{ApiErr, ApiResult, JsonBody};
 use crate::{app_releases, enrollment, releases, rollouts, store};
 
 pub fn routes() -> Router<AppState> {
+    use otter_proto::paths::admin::*;
     Router::new()
-        .route("/api/v1/admin/whoami", get(whoami))
-        .route("/api/v1/admin/devices", get(list_devices))
-        .route("/api/v1/admin/devices/{id}", get(show_device))
-        .route("/api/v1/admin/devices/{id}/accept", post(accept))
-        .route("/api/v1/admin/devices/{id}/reject", post(reject))
-        .route("/api/v1/admin/devices/{id}/revoke", post(revoke))
-        .route("/api/v1/admin/devices/{id}/tags", post(tags))
-        .route("/api/v1/admin/devices/{id}/pin", post(pin))
-        .route("/api/v1/admin/devices/{id}/pin-apps", post(pin_apps))
-        .route("/api/v1/admin/devices/{id}/logs", get(device_logs))
+        .route(WHOAMI, get(whoami))
+        .route(DEVICES, get(list_devices))
+        .route(DEVICE, get(show_device))
+        .route(DEVICE_ACCEPT, post(accept))
+        .route(DEVICE_REJECT, post(reject))
+        .route(DEVICE_REVOKE, post(revoke))
+        .route(DEVICE_TAGS, post(tags))
+        .route(DEVICE_PIN, post(pin))
+        .route(DEVICE_PIN_APPS, post(pin_apps))
+        .route(DEVICE_LOGS, get(device_logs))
         .route(
-            "/api/v1/admin/enrollment-keys",
+            ENROLLMENT_KEYS,
             get(list_enrollment_keys).post(create_enrollment_key),
         )
+        .route(ENROLLMENT_KEY_REVOKE, post(revoke_enrollment_key))
+        .route(KEYS, get(list_keys).post(add_key))
         .route(
-            "/api/v1/admin/enrollment-keys/{id}/revoke",
-            post(revoke_enrollment_key),
-        )
-        .route("/api/v1/admin/keys", get(list_keys).post(add_key))
-        .route(
-            "/api/v1/admin/releases",
+            RELEASES,
             get(list_releases)
                 .post(upload_release)
                 .layer(DefaultBodyLimit::disable()),
         )
         .route(
-            "/api/v1/admin/app-releases",
+            APP_RELEASES,
             get(list_app_releases).post(upload_app_release),
         )
-        .route("/api/v1/admin/app-releases/{id}", get(show_app_release))
-        .route(
-            "/api/v1/admin/rollouts",
-            get(list_rollouts).post(create_rollout),
-        )
-        .route("/api/v1/admin/rollouts/{id}", get(show_rollout))
-        .route(
-            "/api/v1/admin/rollouts/{id}/{action}",
-            post(control_rollout),
-        )
-        .route("/api/v1/admin/audit", get(list_audit))
+        .route(APP_RELEASE, get(show_app_release))
+        .route(ROLLOUTS, get(list_rollouts).post(create_rollout))
+        .route(ROLLOUT, get(show_rollout))
+        .route(ROLLOUT_ACTION, post(control_rollout))
+        .route(AUDIT, get(list_audit))
 }
 
 async fn whoami(admin: Admin) -> Json<WhoAmI> {

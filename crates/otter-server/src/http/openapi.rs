@@ -207,7 +207,11 @@ mod tests {
         let doc = super::document();
         let paths = doc["paths"].as_object().unwrap();
         let sources = [include_str!("device.rs"), include_str!("admin.rs")];
-        // Every "/api/v1/…" literal in the routers is a documented path.
+        // Every "/api/v1/…" literal in the routers, and every path the routers take from
+        // otter-proto, is a documented path.
+        for p in otter_proto::paths::ALL {
+            assert!(paths.contains_key(*p), "{p} missing from openapi.json");
+        }
         for src in sources {
             for piece in src.split("\"/api/v1/").skip(1) {
                 let p = format!("/api/v1/{}", piece.split('"').next().unwrap());
