@@ -2,7 +2,6 @@
 //! fleet's trusted keys and its payload against the manifest's hashes, then stored in the
 //! artifact store and recorded. A refused upload leaves nothing behind.
 
-use axum::body::Body;
 use axum::http::StatusCode;
 use ed25519_dalek::pkcs8::DecodePublicKey;
 use futures::StreamExt;
@@ -148,7 +147,12 @@ fn check_bundle(path: &std::path::Path, keys: &[PublicKey]) -> ApiResult<Checked
     })
 }
 
-pub async fn upload(st: &AppState, actor: &str, body: Body) -> ApiResult<Release> {
+/// `body`: the bundle file as it arrives (the request body's stream).
+pub async fn upload<S, E>(st: &AppState, actor: &str, mut body: S) -> ApiResult<Release>
+where
+    S: futures::Stream<Item = Result<bytes::Bytes, E>> + Unpin,
+    E: std::fmt::Display,
+{
     let tmp_dir = if st.cfg.data_dir.is_dir() {
         st.cfg.data_dir.clone()
     } else {
@@ -169,8 +173,7 @@ pub async fn upload(st: &AppState, actor: &str, body: Body) -> ApiResult<Release
         .map_err(|e| ApiErr::internal("opening the temporary file", e))?;
     let mut f = tokio::fs::File::from_std(std_file);
     let mut size: u64 = 0;
-    let mut stream = body.into_data_stream();
-    while let Some(chunk) = stream.next().await {
+    while let Some(chunk) = body.next().await {
         let chunk = chunk.map_err(|e| {
             ApiErr::bad_request("upload_interrupted", format!("reading the upload: {e}"))
         })?;

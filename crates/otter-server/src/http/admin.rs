@@ -249,7 +249,7 @@ async fn upload_release(
     admin: Admin,
     body: Body,
 ) -> ApiResult<(StatusCode, Json<Release>)> {
-    let r = releases::upload(&st, &admin.actor(), body).await?;
+    let r = releases::upload(&st, &admin.actor(), body.into_data_stream()).await?;
     Ok((StatusCode::CREATED, Json(r)))
 }
 

@@ -7,44 +7,7 @@ use std::fmt;
 use otter_proto::admin::{RolloutAction, RolloutState};
 
 /// A device's state within one rollout (`rollout_devices.state`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum DeviceState {
-    /// In a phase not started yet.
-    Waiting,
-    /// Its phase started: the device is told to update and has not reported an outcome yet.
-    Targeted,
-    Succeeded,
-    /// Failed to install or apply, rolled back, or silent past the deadline.
-    Failed,
-}
-
-impl DeviceState {
-    pub const ALL: [DeviceState; 4] = [
-        DeviceState::Waiting,
-        DeviceState::Targeted,
-        DeviceState::Succeeded,
-        DeviceState::Failed,
-    ];
-    /// The database's text.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            DeviceState::Waiting => "waiting",
-            DeviceState::Targeted => "targeted",
-            DeviceState::Succeeded => "succeeded",
-            DeviceState::Failed => "failed",
-        }
-    }
-    pub fn parse(s: &str) -> Option<Self> {
-        Self::ALL.into_iter().find(|d| d.as_str() == s)
-    }
-}
-
-/// Compares with the database's text (`state == "failed"`).
-impl PartialEq<&str> for DeviceState {
-    fn eq(&self, other: &&str) -> bool {
-        self.as_str() == *other
-    }
-}
+pub use otter_proto::admin::RolloutDeviceState as DeviceState;
 
 /// What [`step`] needs to know of an active rollout.
 #[derive(Debug, Clone, PartialEq)]
@@ -66,6 +29,22 @@ pub struct Counts {
     pub total: u64,
     pub succeeded: u64,
     pub failed: u64,
+}
+
+impl Counts {
+    /// From the number of devices in each state.
+    pub fn of(by_state: &[(DeviceState, u64)]) -> Counts {
+        let mut c = Counts::default();
+        for &(state, n) in by_state {
+            c.total += n;
+            match state {
+                DeviceState::Failed => c.failed += n,
+                DeviceState::Succeeded => c.succeeded += n,
+                DeviceState::Waiting | DeviceState::Targeted => {}
+            }
+        }
+        c
+    }
 }
 
 /// Why a rollout paused itself; its `Display` is the reason stored and shown.
@@ -241,6 +220,14 @@ mod tests {
         for (what, r, c, now, want) in table {
             assert_eq!(step(&r, c, now), want, "{what}");
         }
+    }
+
+    #[test]
+    fn counts_of_states() {
+        use DeviceState::*;
+        let c = Counts::of(&[(Waiting, 5), (Targeted, 3), (Succeeded, 10), (Failed, 2)]);
+        assert_eq!(c, counts(20, 10, 2));
+        assert_eq!(Counts::of(&[]), counts(0, 0, 0));
     }
 
     #[test]

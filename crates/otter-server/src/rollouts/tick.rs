@@ -69,7 +69,10 @@ async fn evaluate(st: &AppState, id: &str) -> anyhow::Result<()> {
         )
         .await?;
     }
-    let counts = store::rollouts::phase_counts(&mut tx, id, ro.phase).await?;
+    let by_state = store::rollouts::phase_counts(&mut tx, id, ro.phase)
+        .await
+        .map_err(|e| anyhow::anyhow!("{}", e.message))?;
+    let counts = engine::Counts::of(&by_state);
     let decision = engine::step(&rule(&ro), counts, now);
     apply(&mut tx, id, ro, counts, decision, now).await?;
     tx.commit().await?;

@@ -5,13 +5,15 @@
 
 use std::collections::{HashMap, HashSet};
 
-use otter_proto::admin::{PhaseStatus, Rollout, RolloutFailure, RolloutKind, RolloutState};
+use otter_proto::admin::{
+    PhaseStatus, Rollout, RolloutDeviceState as DeviceState, RolloutFailure, RolloutKind,
+    RolloutState,
+};
 use serde::{Deserialize, Serialize};
 use sqlx::{Any, Row, Transaction};
 
 use super::Db;
 use crate::error::{ApiErr, ApiResult};
-use crate::rollouts::engine::{Counts, DeviceState};
 
 /// The device columns a rollout kind works on.
 #[derive(Debug, Clone, Copy)]
@@ -434,7 +436,7 @@ pub async fn phase_counts(
     tx: &mut Transaction<'_, Any>,
     id: &str,
     phase: i64,
-) -> sqlx::Result<Counts> {
+) -> ApiResult<Vec<(DeviceState, u64)>> {
     let rows = sqlx::query(
         "SELECT state, COUNT(*) AS n FROM rollout_devices WHERE rollout_id = $1 AND phase <= $2 GROUP BY state",
     )
@@ -442,17 +444,15 @@ pub async fn phase_counts(
     .bind(phase)
     .fetch_all(&mut **tx)
     .await?;
-    let mut c = Counts::default();
+    let mut out = Vec::new();
     for r in rows {
-        let n = u64::try_from(r.try_get::<i64, _>("n")?).unwrap_or(0);
-        c.total += n;
-        match DeviceState::parse(&r.try_get::<String, _>("state")?) {
-            Some(DeviceState::Failed) => c.failed += n,
-            Some(DeviceState::Succeeded) => c.succeeded += n,
-            _ => {}
-        }
+        let state: String = r.try_get("state")?;
+        let state = DeviceState::parse(&state).ok_or_else(|| {
+            ApiErr::internal("reading rollout devices", format!("bad state {state}"))
+        })?;
+        out.push((state, u64::try_from(r.try_get::<i64, _>("n")?).unwrap_or(0)));
     }
-    Ok(c)
+    Ok(out)
 }
 
 /// Moves an active rollout in phase `phase` to `to`; false when it no longer is.
