@@ -120,24 +120,10 @@ impl Client {
             .set("Content-Length", &len.to_string())
             .send(f);
         let a = self.finish(&what, resp)?;
+        // The body is the file, so this call is decoded but not sent as a `Call`.
         let mut call: Call<Release> = Call::get(otter_proto::paths::admin::RELEASES);
         call.method = crate::Method::Post;
-        call.decode(&a, &self.url).map_err(|e| rename(e, &what))
-    }
-}
-
-/// The same error, named after `what` (a call sent otherwise than as a [`Call`]).
-fn rename(e: Error, what: &str) -> Error {
-    let what = what.to_owned();
-    match e {
-        Error::Api { status, error, .. } => Error::Api {
-            what,
-            status,
-            error,
-        },
-        Error::Http { status, body, .. } => Error::Http { what, status, body },
-        Error::Unreachable { url, message, .. } => Error::Unreachable { what, url, message },
-        Error::Decode { url, message, .. } => Error::Decode { what, url, message },
-        Error::Io { source, .. } => Error::Io { what, source },
+        call.name = Some(what);
+        call.decode(&a, &self.url)
     }
 }

@@ -50,6 +50,8 @@ pub struct Call<T> {
     pub if_none_match: Option<String>,
     /// `304 Not Modified` is an answer (`None`), not an error.
     pub(crate) not_modified_ok: bool,
+    /// Names the call in errors instead of `METHOD path`.
+    pub(crate) name: Option<String>,
     _answer: PhantomData<fn() -> T>,
 }
 
@@ -61,6 +63,7 @@ impl<T> Call<T> {
             body: Body::Empty,
             if_none_match: None,
             not_modified_ok: false,
+            name: None,
             _answer: PhantomData,
         }
     }
@@ -74,13 +77,17 @@ impl<T> Call<T> {
             body: Body::Json(json),
             if_none_match: None,
             not_modified_ok: false,
+            name: None,
             _answer: PhantomData,
         }
     }
 
     /// Names the call in errors: `GET /api/v1/…`.
     pub fn what(&self) -> String {
-        format!("{} {}", self.method.as_str(), self.path)
+        match &self.name {
+            Some(n) => n.clone(),
+            None => format!("{} {}", self.method.as_str(), self.path),
+        }
     }
 
     /// Turns a server error answer into an [`Error`].
