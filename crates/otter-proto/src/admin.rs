@@ -272,6 +272,74 @@ impl RolloutState {
     }
 }
 
+/// A device's state within one rollout (the server stores it as this text).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RolloutDeviceState {
+    /// In a phase not started yet.
+    Waiting,
+    /// Its phase started: the device is told to update and has not reported an outcome yet.
+    Targeted,
+    Succeeded,
+    /// Failed to install or apply, rolled back, or silent past the deadline.
+    Failed,
+}
+
+impl RolloutDeviceState {
+    pub const ALL: [RolloutDeviceState; 4] = [
+        RolloutDeviceState::Waiting,
+        RolloutDeviceState::Targeted,
+        RolloutDeviceState::Succeeded,
+        RolloutDeviceState::Failed,
+    ];
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RolloutDeviceState::Waiting => "waiting",
+            RolloutDeviceState::Targeted => "targeted",
+            RolloutDeviceState::Succeeded => "succeeded",
+            RolloutDeviceState::Failed => "failed",
+        }
+    }
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|d| d.as_str() == s)
+    }
+}
+
+/// Compares with the stored text (`state == "failed"`).
+impl PartialEq<&str> for RolloutDeviceState {
+    fn eq(&self, other: &&str) -> bool {
+        self.as_str() == *other
+    }
+}
+
+/// What an admin can do to a rollout (`POST /api/v1/admin/rollouts/{id}/{action}`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RolloutAction {
+    Pause,
+    Resume,
+    Abort,
+}
+
+impl RolloutAction {
+    pub const ALL: [RolloutAction; 3] = [
+        RolloutAction::Pause,
+        RolloutAction::Resume,
+        RolloutAction::Abort,
+    ];
+    /// The path segment.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RolloutAction::Pause => "pause",
+            RolloutAction::Resume => "resume",
+            RolloutAction::Abort => "abort",
+        }
+    }
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|a| a.as_str() == s)
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct PhaseStatus {
     pub percent: f64,

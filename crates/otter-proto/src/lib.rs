@@ -15,6 +15,7 @@
 
 pub mod admin;
 mod enroll;
+pub mod paths;
 
 pub use enroll::{EnrollProofError, device_id_of, enroll_message};
 
@@ -28,16 +29,6 @@ pub const HEADER_POLL_INTERVAL: &str = "otter-poll-interval";
 pub const MAX_JSON_BODY: usize = 1 << 20;
 /// Largest number of entries in one [`LogBatch`].
 pub const MAX_LOG_BATCH: usize = 1000;
-
-pub mod paths {
-    pub const CHALLENGE: &str = "/api/v1/device/challenge";
-    pub const ENROLL: &str = "/api/v1/device/enroll";
-    pub const TARGET: &str = "/api/v1/device/target";
-    pub const REPORT: &str = "/api/v1/device/report";
-    pub const LOGS: &str = "/api/v1/device/logs";
-    /// Followed by `/{release_id}`.
-    pub const ARTIFACTS: &str = "/api/v1/device/artifacts";
-}
 
 /// Body of every 4xx/5xx answer.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

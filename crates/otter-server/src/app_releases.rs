@@ -6,11 +6,10 @@
 
 use otter_proto::AppSetBody;
 use otter_proto::admin::{AppRelease, UploadAppRelease};
-use sqlx::Row;
 
 use crate::AppState;
-use crate::db::{audit, now_ms};
 use crate::error::{ApiErr, ApiResult};
+use crate::store::{self, audit, now_ms};
 
 /// Where a device keeps an applied app's files (relative paths in compose files resolve
 /// there); used only to parse the set the way the device will.
@@ -72,11 +71,7 @@ pub async fn upload(st: &AppState, actor: &str, req: UploadAppRelease) -> ApiRes
     let digest = req.set.digest();
     let set_json =
         serde_json::to_string(&req.set).map_err(|e| ApiErr::internal("encoding the app set", e))?;
-    let exists = sqlx::query("SELECT id FROM app_releases WHERE version = $1")
-        .bind(&req.version)
-        .fetch_optional(&st.db.read)
-        .await?;
-    if exists.is_some() {
+    if store::releases::app_release_exists(&st.db, &req.version).await? {
         return Err(ApiErr::conflict(
             "app_release_exists",
             format!(
@@ -88,22 +83,18 @@ pub async fn upload(st: &AppState, actor: &str, req: UploadAppRelease) -> ApiRes
     let id = crate::auth::new_id();
     let now = now_ms();
     let mut tx = st.db.write.begin().await?;
-    let inserted = sqlx::query(
-        "INSERT INTO app_releases (id, version, digest, set_json, apps, images, uploaded_at, uploaded_by) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (version) DO NOTHING",
-    )
-    .bind(&id)
-    .bind(&req.version)
-    .bind(&digest)
-    .bind(&set_json)
-    .bind(names.join(","))
-    .bind(images.join("\n"))
-    .bind(now)
-    .bind(actor)
-    .execute(&mut *tx)
-    .await?
-    .rows_affected();
-    if inserted == 0 {
+    let release = AppRelease {
+        id: id.clone(),
+        version: req.version.clone(),
+        digest: digest.clone(),
+        apps: names.clone(),
+        images,
+        uploaded_at_ms: now,
+        uploaded_by: actor.to_owned(),
+        set: None,
+    };
+    let inserted = store::releases::insert_app_release(&mut tx, &release, &set_json).await?;
+    if !inserted {
         return Err(ApiErr::conflict(
             "app_release_exists",
             format!(
@@ -126,63 +117,23 @@ pub async fn upload(st: &AppState, actor: &str, req: UploadAppRelease) -> ApiRes
     )
     .await?;
     tx.commit().await?;
-    Ok(AppRelease {
-        id,
-        version: req.version,
-        digest,
-        apps: names,
-        images,
-        uploaded_at_ms: now,
-        uploaded_by: actor.to_owned(),
-        set: None,
-    })
-}
-
-fn from_row(r: &sqlx::any::AnyRow, with_set: bool) -> ApiResult<AppRelease> {
-    let split = |s: String, sep: char| -> Vec<String> {
-        s.split(sep)
-            .filter(|x| !x.is_empty())
-            .map(str::to_owned)
-            .collect()
-    };
-    let set = if with_set {
-        let j: String = r.try_get("set_json")?;
-        Some(serde_json::from_str(&j).map_err(|e| ApiErr::internal("decoding an app set", e))?)
-    } else {
-        None
-    };
-    Ok(AppRelease {
-        id: r.try_get("id")?,
-        version: r.try_get("version")?,
-        digest: r.try_get("digest")?,
-        apps: split(r.try_get("apps")?, ','),
-        images: split(r.try_get("images")?, '\n'),
-        uploaded_at_ms: r.try_get("uploaded_at")?,
-        uploaded_by: r.try_get("uploaded_by")?,
-        set,
-    })
+    Ok(release)
 }
 
 pub async fn list(st: &AppState) -> ApiResult<Vec<AppRelease>> {
-    let rows = sqlx::query("SELECT * FROM app_releases ORDER BY uploaded_at DESC LIMIT 1000")
-        .fetch_all(&st.db.read)
-        .await?;
-    rows.iter().map(|r| from_row(r, false)).collect()
+    store::releases::app_releases(&st.db).await
 }
 
 /// An app release by id or version, with its set.
 pub async fn load(st: &AppState, what: &str) -> ApiResult<AppRelease> {
-    let r = sqlx::query("SELECT * FROM app_releases WHERE id = $1 OR version = $1")
-        .bind(what)
-        .fetch_optional(&st.db.read)
+    store::releases::app_release(&st.db, what)
         .await?
         .ok_or_else(|| {
             ApiErr::not_found(
                 "unknown_app_release",
                 format!("no app release with id or version {what:?} (otter app-release ls)"),
             )
-        })?;
-    from_row(&r, true)
+        })
 }
 
 #[cfg(test)]

@@ -1,18 +1,14 @@
-//! Secrets and who is asking: admin tokens, device tokens, enrollment keys (only SHA-256 hashes
-//! are stored), enrollment challenges (HMAC with a secret kept in the database, so every server
-//! process accepts the challenges of the others).
+//! Secrets: admin tokens, device tokens, enrollment keys (only SHA-256 hashes are stored),
+//! enrollment challenges (HMAC with a secret kept in the database, so every server process
+//! accepts the challenges of the others). Pure: who is asking is found by `http::extract`.
 
-use axum::extract::FromRequestParts;
-use axum::http::request::Parts;
 use base64::Engine;
 use hmac::{Hmac, Mac};
 use rand::RngCore;
 use sha2::{Digest, Sha256};
-use sqlx::Row;
 
-use crate::AppState;
-use crate::db::now_ms;
 use crate::error::{ApiErr, ApiResult};
+use crate::store::now_ms;
 
 /// A new random secret: `PREFIX_` + 43 characters of base64url (256 bits).
 pub fn new_secret(prefix: &str) -> String {
@@ -34,117 +30,6 @@ pub fn new_id() -> String {
 /// What is stored instead of a secret.
 pub fn hash_secret(secret: &str) -> String {
     hex::encode(Sha256::digest(secret.as_bytes()))
-}
-
-fn bearer(parts: &Parts) -> ApiResult<&str> {
-    let h = parts
-        .headers
-        .get(axum::http::header::AUTHORIZATION)
-        .ok_or_else(|| {
-            ApiErr::unauthorized(
-                "missing_token",
-                "send Authorization: Bearer TOKEN (a device token from enrollment, or an admin token)",
-            )
-        })?;
-    h.to_str()
-        .ok()
-        .and_then(|s| s.strip_prefix("Bearer "))
-        .map(str::trim)
-        .filter(|s| !s.is_empty())
-        .ok_or_else(|| {
-            ApiErr::unauthorized(
-                "bad_token",
-                "the Authorization header must be: Bearer TOKEN",
-            )
-        })
-}
-
-/// An authenticated admin.
-pub struct Admin {
-    pub name: String,
-}
-
-impl Admin {
-    pub fn actor(&self) -> String {
-        format!("admin:{}", self.name)
-    }
-}
-
-impl FromRequestParts<AppState> for Admin {
-    type Rejection = ApiErr;
-
-    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> ApiResult<Self> {
-        let token = bearer(parts)?;
-        let row = sqlx::query("SELECT name, revoked_at FROM admin_tokens WHERE token_hash = $1")
-            .bind(hash_secret(token))
-            .fetch_optional(&state.db.read)
-            .await?;
-        let Some(row) = row else {
-            return Err(ApiErr::unauthorized(
-                "unknown_token",
-                "this admin token is not known to the server (otter login again)",
-            ));
-        };
-        if row.try_get::<Option<i64>, _>("revoked_at")?.is_some() {
-            return Err(ApiErr::unauthorized(
-                "token_revoked",
-                "this admin token was revoked",
-            ));
-        }
-        Ok(Admin {
-            name: row.try_get("name")?,
-        })
-    }
-}
-
-/// An authenticated, accepted device, with what the poll path needs (one indexed query).
-pub struct DeviceAuth {
-    pub id: String,
-    /// The `ETag` of the whole target state (OS and apps).
-    pub target_etag: String,
-    pub last_seen: Option<i64>,
-}
-
-impl FromRequestParts<AppState> for DeviceAuth {
-    type Rejection = ApiErr;
-
-    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> ApiResult<Self> {
-        let token = bearer(parts)?;
-        let row = sqlx::query(
-            "SELECT t.revoked_at, d.id, d.status, d.target_etag, d.app_etag, d.last_seen \
-             FROM device_tokens t JOIN devices d ON d.id = t.device_id WHERE t.token_hash = $1",
-        )
-        .bind(hash_secret(token))
-        .fetch_optional(&state.db.read)
-        .await?;
-        let Some(row) = row else {
-            return Err(ApiErr::unauthorized(
-                "unknown_token",
-                "this device token is not known to the server: enroll again",
-            ));
-        };
-        if row.try_get::<Option<i64>, _>("revoked_at")?.is_some() {
-            return Err(ApiErr::unauthorized(
-                "token_revoked",
-                "this device token was revoked: enroll again",
-            ));
-        }
-        let status: String = row.try_get("status")?;
-        if status != "accepted" {
-            return Err(ApiErr::forbidden(
-                "device_not_accepted",
-                format!("this device is {status}: an admin must accept it"),
-            ));
-        }
-        Ok(DeviceAuth {
-            id: row.try_get("id")?,
-            target_etag: crate::rollouts::combined_etag(
-                &row.try_get::<String, _>("target_etag")?,
-                &row.try_get::<String, _>("app_etag")?,
-            ),
-            last_seen: row.try_get("last_seen")?,
-        })
-    }
 }
 
 type HmacSha256 = Hmac<Sha256>;

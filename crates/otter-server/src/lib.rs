@@ -1,7 +1,7 @@
 //! The Otter fleet server: device enrollment and polling, releases, rollouts, an admin API and a
 //! server-rendered dashboard.
 //!
-//! All state is in the database ([`db`]) and the artifact store ([`store`]); several server
+//! All state is in the database ([`db`]) and the artifact store ([`store::artifacts`]); several server
 //! processes may share one PostgreSQL database and one bucket behind a load balancer. The only
 //! per-process state is the enrollment rate limiter (abuse protection, not data).
 //!
@@ -14,17 +14,20 @@
 //! # Ok(()) }
 //! ```
 
-mod admin_api;
+// Layers, each using only those below it (see docs/architecture.md):
+// `http` (routes, extractors, pages) → domain (`rollouts`, `releases`, `app_releases`,
+// `devices`, `enrollment`, `reports`, `targets`, `auth`) → `store` (SQL, the artifact store).
 pub mod app_releases;
 pub mod auth;
-pub mod dashboard;
-pub mod db;
-mod device_api;
+pub mod devices;
+pub mod enrollment;
 pub mod error;
-pub mod openapi;
+pub mod http;
 pub mod releases;
+pub mod reports;
 pub mod rollouts;
 pub mod store;
+pub mod targets;
 
 use std::net::SocketAddr;
 use std::num::NonZeroU32;
@@ -34,12 +37,11 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use axum::Router;
-use axum::extract::DefaultBodyLimit;
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 use otter_bundle::PublicKey;
-use sqlx::Row;
 
-pub use db::{Backend, Db};
+pub use store::db;
+pub use store::db::{Backend, Db};
 
 /// How to run the server. `Default` is the zero-configuration single machine setup.
 #[derive(Debug, Clone)]
@@ -95,7 +97,7 @@ impl Config {
 
 pub struct Inner {
     pub db: Db,
-    pub store: store::Artifacts,
+    pub store: store::artifacts::Artifacts,
     pub cfg: Config,
     /// Keys from `--trusted-key` (the admin API adds more, in the database).
     pub flag_keys: Vec<PublicKey>,
@@ -132,7 +134,7 @@ impl Server {
                 .with_context(|| format!("creating the data folder {}", cfg.data_dir.display()))?;
         }
         let db = Db::open(&cfg.database_url()).await?;
-        let store = store::Artifacts::open(cfg.storage.as_deref(), &cfg.data_dir)?;
+        let store = store::artifacts::Artifacts::open(cfg.storage.as_deref(), &cfg.data_dir)?;
         let mut flag_keys = Vec::new();
         for p in &cfg.trusted_keys {
             if p.is_dir() {
@@ -220,11 +222,7 @@ impl Server {
 
 /// Creates the admin token `admin` when there is no admin token at all; returns the secret.
 pub async fn ensure_admin_token(db: &Db) -> Result<Option<String>> {
-    let n: i64 = sqlx::query("SELECT COUNT(*) AS n FROM admin_tokens")
-        .fetch_one(&db.write)
-        .await?
-        .try_get("n")?;
-    if n > 0 {
+    if store::tokens::admin_token_count(db).await? > 0 {
         return Ok(None);
     }
     Ok(Some(create_admin_token(db, "admin").await?))
@@ -233,35 +231,13 @@ pub async fn ensure_admin_token(db: &Db) -> Result<Option<String>> {
 /// A new admin token named `name` (for `otter server admin-token NAME`); returns the secret.
 pub async fn create_admin_token(db: &Db, name: &str) -> Result<String> {
     let token = auth::new_secret("ota");
-    let mut tx = db.write.begin().await?;
-    sqlx::query("INSERT INTO admin_tokens (token_hash, name, created_at) VALUES ($1, $2, $3)")
-        .bind(auth::hash_secret(&token))
-        .bind(name)
-        .bind(db::now_ms())
-        .execute(&mut *tx)
+    store::tokens::insert_admin_token(db, &auth::hash_secret(&token), name)
         .await
         .context("storing the admin token")?;
-    db::audit(
-        &mut *tx,
-        "server",
-        "admin_token_created",
-        &format!("admin:{name}"),
-        "",
-    )
-    .await?;
-    tx.commit().await?;
     Ok(token)
 }
 
+/// Every route: the device API, the admin API, the dashboard.
 pub fn router(state: AppState) -> Router {
-    Router::new()
-        .merge(device_api::routes())
-        .merge(admin_api::routes())
-        .merge(dashboard::routes())
-        .route("/api/openapi.json", axum::routing::get(openapi::handler))
-        .fallback(|| async {
-            error::ApiErr::not_found("not_found", "no such endpoint (see /api/openapi.json)")
-        })
-        .layer(DefaultBodyLimit::max(otter_proto::MAX_JSON_BODY))
-        .with_state(state)
+    http::router(state)
 }

@@ -2,19 +2,17 @@
 //! fleet's trusted keys and its payload against the manifest's hashes, then stored in the
 //! artifact store and recorded. A refused upload leaves nothing behind.
 
-use axum::body::Body;
 use axum::http::StatusCode;
 use ed25519_dalek::pkcs8::DecodePublicKey;
 use futures::StreamExt;
 use object_store::{ObjectStore, WriteMultipart};
 use otter_bundle::PublicKey;
-use otter_proto::admin::Release;
-use sqlx::Row;
+use otter_proto::admin::{Release, TrustedKey};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::AppState;
-use crate::db::{audit, now_ms};
 use crate::error::{ApiErr, ApiResult};
+use crate::store::{self, audit, now_ms};
 
 /// Parses an SPKI PEM Ed25519 public key (the `.pub` files of `otter keys generate`).
 pub fn parse_public_key_pem(pem: &str) -> Result<PublicKey, String> {
@@ -26,36 +24,80 @@ pub fn parse_public_key_pem(pem: &str) -> Result<PublicKey, String> {
 /// The fleet's trusted release keys: `--trusted-key` flags plus those added through the API.
 pub async fn trusted_keys(st: &AppState) -> ApiResult<Vec<PublicKey>> {
     let mut keys = st.flag_keys.clone();
-    let rows = sqlx::query("SELECT fingerprint, pem FROM trusted_keys")
-        .fetch_all(&st.db.read)
-        .await?;
-    for r in rows {
-        let pem: String = r.try_get("pem")?;
-        let k = parse_public_key_pem(&pem).map_err(|e| {
+    for k in store::keys::trusted_keys(&st.db).await? {
+        let pk = parse_public_key_pem(&k.pem).map_err(|e| {
             ApiErr::internal(
                 "loading trusted keys",
-                format!(
-                    "key {}: {e}",
-                    r.try_get::<String, _>("fingerprint").unwrap_or_default()
-                ),
+                format!("key {}: {e}", k.fingerprint),
             )
         })?;
-        keys.push(k);
+        keys.push(pk);
     }
     Ok(keys)
 }
 
-pub fn release_from_row(r: &sqlx::any::AnyRow) -> Result<Release, sqlx::Error> {
-    Ok(Release {
-        id: r.try_get("id")?,
-        version: r.try_get("version")?,
-        compatible: r.try_get("compatible")?,
-        size: r.try_get::<i64, _>("size")? as u64,
-        manifest_digest: r.try_get("manifest_digest")?,
-        signer: r.try_get("signer")?,
-        uploaded_at_ms: r.try_get("uploaded_at")?,
-        uploaded_by: r.try_get("uploaded_by")?,
-    })
+/// The trusted keys as the admin API lists them: flags first, then the added ones.
+pub async fn list_trusted(st: &AppState) -> ApiResult<Vec<TrustedKey>> {
+    let mut out = Vec::new();
+    for k in &st.flag_keys {
+        out.push(TrustedKey {
+            fingerprint: k.fingerprint(),
+            pem: k
+                .to_pem()
+                .map_err(|e| ApiErr::internal("encoding a key", e))?,
+            added_at_ms: 0,
+            source: "flag".into(),
+        });
+    }
+    out.extend(store::keys::trusted_keys(&st.db).await?);
+    Ok(out)
+}
+
+/// Trusts one more release key (a PEM public key).
+pub async fn add_trusted(st: &AppState, actor: &str, pem: &str) -> ApiResult<TrustedKey> {
+    let key = parse_public_key_pem(pem)
+        .map_err(|e| ApiErr::bad_request("invalid_key", format!("pem: {e}")))?;
+    let pem = key
+        .to_pem()
+        .map_err(|e| ApiErr::internal("encoding a key", e))?;
+    let fp = key.fingerprint();
+    let k = TrustedKey {
+        fingerprint: fp.clone(),
+        pem,
+        added_at_ms: now_ms(),
+        source: actor.to_owned(),
+    };
+    let mut tx = st.db.write.begin().await?;
+    if !store::keys::insert_trusted_key(&mut tx, &k).await? {
+        return Err(ApiErr::conflict(
+            "key_exists",
+            format!("key {fp} is already trusted"),
+        ));
+    }
+    audit(&mut *tx, actor, "key_trusted", &format!("key:{fp}"), "").await?;
+    tx.commit().await?;
+    Ok(k)
+}
+
+/// Finds a release by id, or by version when that is unambiguous: (id, version, compatible).
+pub async fn resolve(st: &AppState, what: &str) -> ApiResult<(String, String, String)> {
+    let mut rows = store::releases::by_id_or_version(&st.db, what).await?;
+    if let Some(i) = rows.iter().position(|r| r.0 == what) {
+        return Ok(rows.swap_remove(i));
+    }
+    match rows.len() {
+        0 => Err(ApiErr::not_found(
+            "unknown_release",
+            format!("no release with id or version {what:?} (otter release ls)"),
+        )),
+        1 => Ok(rows.swap_remove(0)),
+        _ => Err(ApiErr::conflict(
+            "ambiguous_release",
+            format!(
+                "version {what} exists for several boards; give the release id (otter release ls)"
+            ),
+        )),
+    }
 }
 
 struct Checked {
@@ -105,7 +147,12 @@ fn check_bundle(path: &std::path::Path, keys: &[PublicKey]) -> ApiResult<Checked
     })
 }
 
-pub async fn upload(st: &AppState, actor: &str, body: Body) -> ApiResult<Release> {
+/// `body`: the bundle file as it arrives (the request body's stream).
+pub async fn upload<S, E>(st: &AppState, actor: &str, mut body: S) -> ApiResult<Release>
+where
+    S: futures::Stream<Item = Result<bytes::Bytes, E>> + Unpin,
+    E: std::fmt::Display,
+{
     let tmp_dir = if st.cfg.data_dir.is_dir() {
         st.cfg.data_dir.clone()
     } else {
@@ -126,8 +173,7 @@ pub async fn upload(st: &AppState, actor: &str, body: Body) -> ApiResult<Release
         .map_err(|e| ApiErr::internal("opening the temporary file", e))?;
     let mut f = tokio::fs::File::from_std(std_file);
     let mut size: u64 = 0;
-    let mut stream = body.into_data_stream();
-    while let Some(chunk) = stream.next().await {
+    while let Some(chunk) = body.next().await {
         let chunk = chunk.map_err(|e| {
             ApiErr::bad_request("upload_interrupted", format!("reading the upload: {e}"))
         })?;
@@ -163,20 +209,13 @@ pub async fn upload(st: &AppState, actor: &str, body: Body) -> ApiResult<Release
     let id = checked.digest[..16].to_owned();
 
     let dup =
-        sqlx::query("SELECT id FROM releases WHERE id = $1 OR (compatible = $2 AND version = $3)")
-            .bind(&id)
-            .bind(&checked.compatible)
-            .bind(&checked.version)
-            .fetch_optional(&st.db.read)
-            .await?;
+        store::releases::duplicate(&st.db, &id, &checked.compatible, &checked.version).await?;
     if let Some(d) = dup {
         return Err(ApiErr::conflict(
             "release_exists",
             format!(
-                "release {} for {} already exists (id {}); bump the version",
-                checked.version,
-                checked.compatible,
-                d.try_get::<String, _>("id")?
+                "release {} for {} already exists (id {d}); bump the version",
+                checked.version, checked.compatible,
             ),
         ));
     }
@@ -186,32 +225,29 @@ pub async fn upload(st: &AppState, actor: &str, body: Body) -> ApiResult<Release
         .await
         .map_err(|e| ApiErr::internal(&format!("storing the bundle as {obj}"), e))?;
     let now = now_ms();
+    let release = Release {
+        id,
+        version: checked.version,
+        compatible: checked.compatible,
+        size,
+        manifest_digest: checked.digest,
+        signer: checked.signer,
+        uploaded_at_ms: now,
+        uploaded_by: actor.to_owned(),
+    };
+    let detail = format!(
+        "{} for {}, {size} bytes, signed by {}",
+        release.version, release.compatible, release.signer
+    );
     let insert = async {
         let mut tx = st.db.write.begin().await?;
-        sqlx::query(
-            "INSERT INTO releases (id, version, compatible, size, manifest_digest, signer, object_path, uploaded_at, uploaded_by) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
-        )
-        .bind(&id)
-        .bind(&checked.version)
-        .bind(&checked.compatible)
-        .bind(size as i64)
-        .bind(&checked.digest)
-        .bind(&checked.signer)
-        .bind(obj.to_string())
-        .bind(now)
-        .bind(actor)
-        .execute(&mut *tx)
-        .await?;
+        store::releases::insert(&mut tx, &release, obj.as_ref()).await?;
         audit(
             &mut *tx,
             actor,
             "release_uploaded",
-            &format!("release:{id}"),
-            &format!(
-                "{} for {}, {size} bytes, signed by {}",
-                checked.version, checked.compatible, checked.signer
-            ),
+            &format!("release:{}", release.id),
+            &detail,
         )
         .await?;
         tx.commit().await
@@ -227,7 +263,7 @@ pub async fn upload(st: &AppState, actor: &str, body: Body) -> ApiResult<Release
                     "release_exists",
                     format!(
                         "release {} for {} already exists",
-                        checked.version, checked.compatible
+                        release.version, release.compatible
                     ),
                 )
             } else {
@@ -235,16 +271,7 @@ pub async fn upload(st: &AppState, actor: &str, body: Body) -> ApiResult<Release
             },
         );
     }
-    Ok(Release {
-        id,
-        version: checked.version,
-        compatible: checked.compatible,
-        size,
-        manifest_digest: checked.digest,
-        signer: checked.signer,
-        uploaded_at_ms: now,
-        uploaded_by: actor.to_owned(),
-    })
+    Ok(release)
 }
 
 async fn copy_to_store(
@@ -269,11 +296,5 @@ async fn copy_to_store(
 }
 
 pub async fn list(st: &AppState) -> ApiResult<Vec<Release>> {
-    let rows = sqlx::query("SELECT * FROM releases ORDER BY uploaded_at DESC")
-        .fetch_all(&st.db.read)
-        .await?;
-    Ok(rows
-        .iter()
-        .map(release_from_row)
-        .collect::<Result<_, _>>()?)
+    Ok(store::releases::list(&st.db).await?)
 }

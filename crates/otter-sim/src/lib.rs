@@ -12,12 +12,13 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use ed25519_dalek::SigningKey;
+use otter_client::{Answer, Body, Call, Method, device};
 use otter_proto::{
-    Challenge, EnrollRequest, EnrollResponse, EnrollStatus, Health, StateReport, TargetState,
-    UpdatePhase, UpdateReport, paths,
+    EnrollRequest, EnrollStatus, Health, StateReport, TargetState, UpdatePhase, UpdateReport,
 };
 use rand::Rng;
 use serde::Serialize;
+use serde::de::DeserializeOwned;
 use tokio::sync::Mutex;
 
 #[derive(Debug, Clone)]
@@ -99,16 +100,57 @@ impl Sim {
         format!("{}{p}", self.base)
     }
 
+    /// Carries an API call (paths and types from otter-client) over async reqwest.
+    pub async fn send<T: DeserializeOwned>(
+        &self,
+        call: &Call<T>,
+        token: Option<&str>,
+    ) -> Result<(T, Answer)> {
+        let method = match call.method {
+            Method::Get => reqwest::Method::GET,
+            Method::Post => reqwest::Method::POST,
+        };
+        let mut req = self.client.request(method, self.url(&call.path));
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        if let Some(e) = &call.if_none_match {
+            req = req.header("If-None-Match", e);
+        }
+        if let Body::Json(b) = &call.body {
+            req = req
+                .header("Content-Type", "application/json")
+                .body(b.clone());
+        }
+        let resp = req
+            .send()
+            .await
+            .with_context(|| format!("{}: cannot reach {}", call.what(), self.base))?;
+        let header = |name: &str| {
+            resp.headers()
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned)
+        };
+        let etag = header("etag");
+        let poll_interval = header(otter_proto::HEADER_POLL_INTERVAL).and_then(|v| v.parse().ok());
+        let status = resp.status().as_u16();
+        let body = resp
+            .text()
+            .await
+            .with_context(|| format!("{}: reading the answer", call.what()))?;
+        let a = Answer {
+            status,
+            body,
+            etag,
+            poll_interval,
+        };
+        Ok((call.decode(&a, &self.base)?, a))
+    }
+
     /// Enrolls device `index`; `None` when it is pending.
     pub async fn enroll(&self, index: usize, key: Option<&str>) -> Result<Option<SimDevice>> {
-        let ch: Challenge = self
-            .client
-            .get(self.url(paths::CHALLENGE))
-            .send()
-            .await?
-            .error_for_status()?
-            .json()
-            .await?;
+        let (ch, _) = self.send(&device::challenge(), None).await?;
         let req = EnrollRequest::signed(
             &self.key(index),
             &ch.challenge,
@@ -117,20 +159,10 @@ impl Sim {
             key.map(str::to_owned),
             Some("1.0.0".into()),
         );
-        let resp = self
-            .client
-            .post(self.url(paths::ENROLL))
-            .json(&req)
-            .send()
-            .await?;
-        if !resp.status().is_success() {
-            let s = resp.status();
-            bail!(
-                "enrolling sim-{index}: {s}: {}",
-                resp.text().await.unwrap_or_default()
-            );
-        }
-        let e: EnrollResponse = resp.json().await?;
+        let (e, _) = self
+            .send(&device::enroll(&req), None)
+            .await
+            .with_context(|| format!("enrolling sim-{index}"))?;
         Ok(match (e.status, e.token) {
             (EnrollStatus::Accepted, Some(token)) => Some(SimDevice {
                 index,
@@ -185,48 +217,21 @@ impl Sim {
 
     /// One poll; updates the device's ETag. Gives the target when it changed (200).
     pub async fn poll(&self, d: &mut SimDevice) -> Result<Option<TargetState>> {
-        let mut req = self
-            .client
-            .get(self.url(paths::TARGET))
-            .bearer_auth(&d.token);
-        if let Some(e) = &d.etag {
-            req = req.header("If-None-Match", e);
+        let call = device::target(d.etag.as_deref());
+        let (target, a) = self
+            .send(&call, Some(&d.token))
+            .await
+            .with_context(|| format!("poll of {}", d.id))?;
+        if target.is_some() {
+            d.etag = a.etag;
         }
-        let resp = req.send().await?;
-        match resp.status().as_u16() {
-            304 => Ok(None),
-            200 => {
-                d.etag = resp
-                    .headers()
-                    .get("etag")
-                    .and_then(|v| v.to_str().ok())
-                    .map(str::to_owned);
-                Ok(Some(resp.json().await?))
-            }
-            s => bail!(
-                "poll of {}: {s}: {}",
-                d.id,
-                resp.text().await.unwrap_or_default()
-            ),
-        }
+        Ok(target)
     }
 
     pub async fn report(&self, d: &SimDevice, r: &StateReport) -> Result<()> {
-        let resp = self
-            .client
-            .post(self.url(paths::REPORT))
-            .bearer_auth(&d.token)
-            .json(r)
-            .send()
-            .await?;
-        if resp.status().as_u16() != 204 {
-            bail!(
-                "report of {}: {}: {}",
-                d.id,
-                resp.status(),
-                resp.text().await.unwrap_or_default()
-            );
-        }
+        self.send(&device::report(r), Some(&d.token))
+            .await
+            .with_context(|| format!("report of {}", d.id))?;
         Ok(())
     }
 

@@ -94,21 +94,15 @@ async fn main() -> Result<()> {
     let key = match (&cli.enrollment_key, &cli.admin_token) {
         (Some(k), _) => k.clone(),
         (None, Some(t)) => {
-            let r: serde_json::Value = sim
-                .client
-                .post(format!("{}/api/v1/admin/enrollment-keys", cli.server))
-                .bearer_auth(t)
-                .json(&serde_json::json!({"name": format!("otter-sim-{}", cli.seed)}))
-                .send()
-                .await?
-                .error_for_status()
-                .context("creating an enrollment key")?
-                .json()
-                .await?;
-            r["key"]
-                .as_str()
-                .context("no key in the answer")?
-                .to_owned()
+            let req = otter_proto::admin::CreateEnrollmentKey {
+                name: format!("otter-sim-{}", cli.seed),
+            };
+            let call = otter_client::admin::create_enrollment_key(&req);
+            let (k, _) = sim
+                .send(&call, Some(t))
+                .await
+                .context("creating an enrollment key")?;
+            k.key.context("no key in the answer")?
         }
         (None, None) => bail!("give --enrollment-key or --admin-token"),
     };

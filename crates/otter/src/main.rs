@@ -11,6 +11,7 @@ use std::process::ExitCode;
 mod bundle_diff;
 mod flash;
 mod fleet;
+#[cfg(feature = "server")]
 mod server;
 
 #[derive(Parser)]
@@ -101,6 +102,7 @@ enum Cmd {
         disk_size: Option<u64>,
     },
     /// Run the fleet server (zero configuration: 127.0.0.1:8080, SQLite and artifacts in ./otter-data).
+    #[cfg(feature = "server")]
     Server(server::ServerArgs),
     #[command(flatten)]
     Fleet(fleet::FleetCmd),
@@ -276,6 +278,7 @@ fn run(cli: Cli) -> Result<()> {
         Cmd::Configure(args) => configure::run(*args),
         Cmd::Bundle { cmd } => bundle(cmd),
         Cmd::Flash(args) => flash::run(args),
+        #[cfg(feature = "server")]
         Cmd::Server(a) => server::run(a),
         Cmd::Fleet(c) => fleet::run(c),
         Cmd::Vm {

@@ -15,11 +15,12 @@ use crate::{Paths, now};
 use anyhow::{Context, Result, bail};
 use ed25519_dalek::SigningKey;
 use otter_apps::runtime::Runtime;
+use otter_client::{Call, blocking as fleet_client, device as device_api};
 use otter_config::device_config::Server;
 use otter_proto::{
     ApiError, AppApplyReport, AppOutcome, AppPhase, AppsReport, Challenge, EnrollRequest,
     EnrollResponse, EnrollStatus, Health, LogBatch, LogEntry, RollbackEvent, ServiceReport,
-    StateReport, TargetApps, TargetState, UpdatePhase, UpdateReport, paths as api,
+    StateReport, TargetApps, TargetState, UpdatePhase, UpdateReport,
 };
 use serde::{Deserialize, Serialize};
 use std::io::{BufRead, BufReader};
@@ -501,39 +502,22 @@ impl Client {
         format!("{}{path}", self.state.server_url)
     }
 
-    fn call(&self, method: &str, path: &str, body: Option<String>, etag: Option<&str>) -> Answer {
-        let mut req = self
-            .agent
-            .request(method, &self.url(path))
-            .set("Accept", "application/json");
-        if let Some(t) = &self.state.token {
-            req = req.set("Authorization", &format!("Bearer {t}"));
-        }
-        if let Some(e) = etag {
-            req = req.set("If-None-Match", e);
-        }
-        let resp = match body {
-            Some(b) => req.set("Content-Type", "application/json").send_string(&b),
-            None => req.call(),
-        };
-        let resp = match resp {
-            Ok(r) => r,
-            Err(ureq::Error::Status(code, r)) => {
-                let text = r.into_string().unwrap_or_default();
-                let msg = serde_json::from_str::<ApiError>(&text)
+    /// Sends one call of the device API (paths and bodies from otter-client).
+    fn call<T>(&self, call: &Call<T>) -> Answer {
+        let token = self.state.token.clone();
+        let client =
+            fleet_client::Client::with_agent(&self.state.server_url, token, self.agent.clone());
+        match client.answer(call) {
+            Ok(a) if a.status >= 400 => {
+                let msg = serde_json::from_str::<ApiError>(&a.body)
                     .map(|e| format!("{}: {}", e.error, e.message))
-                    .unwrap_or(text);
-                return Answer::Error(code, msg);
+                    .unwrap_or(a.body);
+                Answer::Error(a.status, msg)
             }
-            Err(e) => return Answer::Error(0, e.to_string()),
-        };
-        let code = resp.status();
-        let etag = resp.header("ETag").map(str::to_string);
-        let interval = resp
-            .header(otter_proto::HEADER_POLL_INTERVAL)
-            .and_then(|v| v.trim().parse().ok());
-        let text = resp.into_string().unwrap_or_default();
-        Answer::Ok(code, text, etag, interval)
+            Ok(a) => Answer::Ok(a.status, a.body, a.etag, a.poll_interval),
+            Err(otter_client::Error::Unreachable { message, .. }) => Answer::Error(0, message),
+            Err(e) => Answer::Error(0, e.to_string()),
+        }
     }
 
     fn contact(&mut self) {
@@ -557,7 +541,7 @@ impl Client {
     /// Enroll (again): gives the enrollment status.
     fn enroll(&mut self) -> Result<EnrollStatus> {
         self.state.token = None;
-        let challenge: Challenge = match self.call("GET", api::CHALLENGE, None, None) {
+        let challenge: Challenge = match self.call(&device_api::challenge()) {
             Answer::Ok(_, text, _, _) => serde_json::from_str(&text)
                 .with_context(|| format!("the server's challenge is not JSON: {text}"))?,
             Answer::Error(code, msg) => return self.fail("enrollment challenge", code, msg),
@@ -579,8 +563,7 @@ impl Client {
             self.server.enrollment_key.clone(),
             Some(release.version.clone()),
         );
-        let body = serde_json::to_string(&req).context("serialising the enrollment")?;
-        let resp: EnrollResponse = match self.call("POST", api::ENROLL, Some(body), None) {
+        let resp: EnrollResponse = match self.call(&device_api::enroll(&req)) {
             Answer::Ok(_, text, _, _) => serde_json::from_str(&text)
                 .with_context(|| format!("the server's enrollment answer is not JSON: {text}"))?,
             Answer::Error(code, msg) => return self.fail("enrollment", code, msg),
@@ -704,8 +687,7 @@ impl Client {
         {
             return Ok(());
         }
-        let body = serde_json::to_string(&report).context("serialising the report")?;
-        match self.call("POST", api::REPORT, Some(body), None) {
+        match self.call(&device_api::report(&report)) {
             Answer::Ok(..) => {
                 self.contact();
                 self.last_report = Some((comparable, now()));
@@ -726,7 +708,7 @@ impl Client {
     /// Poll the target state: `Some` when the server sent a (new) target.
     fn poll(&mut self) -> Result<Option<TargetState>> {
         let etag = self.state.etag.clone();
-        match self.call("GET", api::TARGET, None, etag.as_deref()) {
+        match self.call(&device_api::target(etag.as_deref())) {
             Answer::Ok(code, text, etag, interval) => {
                 self.contact();
                 if let Some(i) = interval {
@@ -932,8 +914,7 @@ impl Client {
             return Ok(0);
         }
         let n = entries.len();
-        let body = serde_json::to_string(&LogBatch { entries }).context("serialising logs")?;
-        match self.call("POST", api::LOGS, Some(body), None) {
+        match self.call(&device_api::logs(&LogBatch { entries })) {
             Answer::Ok(..) => {
                 self.contact();
                 self.state.journal_cursor = cursor;

@@ -12,13 +12,12 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{Html, IntoResponse, Redirect, Response};
 use axum::routing::get;
 use serde::Deserialize;
-use sqlx::Row;
 
 use crate::AppState;
-use crate::admin_api::{DeviceFilter, audit_for, load_device, query_devices, query_logs};
 use crate::auth::hash_secret;
-use crate::db::now_ms;
+use crate::devices::{DeviceFilter, audit_for, load_device, query_devices, query_logs};
 use crate::error::ApiErr;
+use crate::store::{self, now_ms};
 use crate::{releases, rollouts};
 
 const COOKIE: &str = "otter_admin";
@@ -128,13 +127,7 @@ impl FromRequestParts<AppState> for Viewer {
 }
 
 async fn valid_admin(st: &AppState, token: &str) -> Result<bool, ApiErr> {
-    Ok(
-        sqlx::query("SELECT 1 AS x FROM admin_tokens WHERE token_hash = $1 AND revoked_at IS NULL")
-            .bind(hash_secret(token))
-            .fetch_optional(&st.db.read)
-            .await?
-            .is_some(),
-    )
+    Ok(store::tokens::admin_token_valid(&st.db, &hash_secret(token)).await?)
 }
 
 #[derive(Deserialize)]
@@ -208,20 +201,11 @@ async fn overview(State(st): State<AppState>, _v: Viewer) -> PageResult {
     let now = now_ms();
     let online_since = now - 3 * st.cfg.poll_interval.as_millis() as i64;
     let mut by_status = std::collections::BTreeMap::new();
-    for r in sqlx::query("SELECT status, COUNT(*) AS n FROM devices GROUP BY status")
-        .fetch_all(&st.db.read)
-        .await?
-    {
-        by_status.insert(r.try_get::<String, _>("status")?, r.try_get::<i64, _>("n")?);
+    for (status, n) in store::devices::count_by_status(&st.db).await? {
+        by_status.insert(status, n);
     }
     let total: i64 = by_status.values().sum();
-    let online: i64 = sqlx::query(
-        "SELECT COUNT(*) AS n FROM devices WHERE status = 'accepted' AND last_seen > $1",
-    )
-    .bind(online_since)
-    .fetch_one(&st.db.read)
-    .await?
-    .try_get("n")?;
+    let online = store::devices::count_online(&st.db, online_since).await?;
     let accepted = by_status.get("accepted").copied().unwrap_or(0);
     let mut body = String::from("<h1>Fleet overview</h1><div class=\"cards\">");
     for (n, l) in [
@@ -237,21 +221,7 @@ async fn overview(State(st): State<AppState>, _v: Viewer) -> PageResult {
         );
     }
     body.push_str("</div><h2>Devices per version</h2><table id=\"versions\"><tr><th>version</th><th>devices</th><th>online</th><th></th></tr>");
-    let rows = sqlx::query(
-        "SELECT os_version, COUNT(*) AS n, SUM(CASE WHEN last_seen > $1 THEN 1 ELSE 0 END) AS online \
-         FROM devices WHERE status = 'accepted' GROUP BY os_version ORDER BY n DESC",
-    )
-    .bind(online_since)
-    .fetch_all(&st.db.read)
-    .await?;
-    for r in rows {
-        let v: Option<String> = r.try_get("os_version")?;
-        let n: i64 = r.try_get("n")?;
-        // SUM is NUMERIC on PostgreSQL, INTEGER on SQLite.
-        let on: i64 = r
-            .try_get::<i64, _>("online")
-            .or_else(|_| r.try_get::<f64, _>("online").map(|f| f as i64))
-            .unwrap_or(0);
+    for (v, n, on) in store::devices::count_by_version(&st.db, online_since).await? {
         let width = if accepted > 0 { 300 * n / accepted } else { 0 };
         let _ = write!(
             body,
