@@ -198,6 +198,27 @@ fn server_and_fleet_commands() {
         .send_json(json!({"entries": [{"ts_ms": 5, "source": "otterd", "message": "hello from the device"}]}))
         .unwrap();
     assert!(ok(otter(&["logs", &id], p)).contains("hello from the device"));
+    // A hostile device: escape sequences and newlines reach the admin's terminal escaped.
+    ureq::post(&format!("{url}/api/v1/device/logs"))
+        .set("Authorization", &format!("Bearer {dev_token}"))
+        .send_json(json!({"entries": [{"ts_ms": 6, "source": "otterd",
+            "message": "ok\u{1b}[2J\u{1b}[1;1H\n0 info    otterd: forged line\u{9b}31m"}]}))
+        .unwrap();
+    let text = ok(otter(&["logs", &id], p));
+    assert!(
+        !text.contains('\u{1b}') && !text.contains('\u{9b}'),
+        "{text:?}"
+    );
+    assert!(
+        text.contains("ok\\u{1b}[2J\\u{1b}[1;1H\\u{a}0 info    otterd: forged line\\u{9b}31m"),
+        "{text}"
+    );
+    assert_eq!(text.lines().count(), 2, "one line per log entry: {text}");
+    let raw = ok(otter(&["logs", &id, "--json"], p));
+    assert!(
+        raw.contains("\\u001b[2J"),
+        "--json keeps the value (JSON-escaped): {raw}"
+    );
 
     // Unknown device: a clear error, non-zero exit.
     let o = otter(&["devices", "show", "nope"], p);

@@ -19,7 +19,9 @@ mod args;
 mod print;
 
 pub use args::*;
-use print::{ago, device_line, print_apps, print_json, print_rollout};
+use print::{
+    ago, device_line, escape_controls, print_apps, print_json, print_rollout, terminal_safe,
+};
 
 #[derive(Serialize, Deserialize)]
 struct Login {
@@ -191,6 +193,7 @@ fn devices(c: &Client, cmd: DevicesCmd) -> Result<()> {
             if json {
                 return print_json(&list);
             }
+            let list = terminal_safe(list)?;
             println!(
                 "{:<16}  {:<16}  {:<9}  {:<24}  {:<10}  {:<10}  {:<8}  UPDATE",
                 "ID", "NAME", "STATUS", "BOARD", "VERSION", "TARGET", "SEEN"
@@ -205,6 +208,7 @@ fn devices(c: &Client, cmd: DevicesCmd) -> Result<()> {
             if json {
                 return print_json(&d);
             }
+            let d = terminal_safe(d)?;
             let v = &d.device;
             println!("device      {}", v.id);
             println!("name        {}", v.name.as_deref().unwrap_or("-"));
@@ -253,14 +257,14 @@ fn devices(c: &Client, cmd: DevicesCmd) -> Result<()> {
             if add.is_empty() && remove.is_empty() {
                 bail!("give --add TAG and/or --remove TAG");
             }
-            let d = c.send(&admin::tags(&id, &TagChange { add, remove }))?;
+            let d = terminal_safe(c.send(&admin::tags(&id, &TagChange { add, remove }))?)?;
             println!("{}: tags {}", d.id, d.tags.join(", "));
             Ok(())
         }
         DevicesCmd::PinApps {
             id, app_release, ..
         } => {
-            let d = c.send(&admin::pin_apps(&id, &PinAppsRequest { app_release }))?;
+            let d = terminal_safe(c.send(&admin::pin_apps(&id, &PinAppsRequest { app_release }))?)?;
             match &d.pinned_app_release {
                 Some(v) => println!("{}: apps pinned to {v}", d.id),
                 None => println!("{}: apps not pinned", d.id),
@@ -268,7 +272,7 @@ fn devices(c: &Client, cmd: DevicesCmd) -> Result<()> {
             Ok(())
         }
         DevicesCmd::Pin { id, release, .. } => {
-            let d = c.send(&admin::pin(&id, &PinRequest { release }))?;
+            let d = terminal_safe(c.send(&admin::pin(&id, &PinRequest { release }))?)?;
             match &d.pinned_release {
                 Some(v) => println!("{}: pinned to {v}", d.id),
                 None => println!("{}: not pinned", d.id),
@@ -315,6 +319,7 @@ fn app_release(c: &Client, cmd: AppReleaseCmd) -> Result<()> {
             if json {
                 return print_json(&r);
             }
+            let r = terminal_safe(r)?;
             println!(
                 "app release {} ({}): apps {}; id {}",
                 r.version,
@@ -329,6 +334,7 @@ fn app_release(c: &Client, cmd: AppReleaseCmd) -> Result<()> {
             if json {
                 return print_json(&list);
             }
+            let list = terminal_safe(list)?;
             println!(
                 "{:<16}  {:<12}  {:<24}  {:<16}  UPLOADED",
                 "ID", "VERSION", "APPS", "DIGEST"
@@ -351,6 +357,7 @@ fn app_release(c: &Client, cmd: AppReleaseCmd) -> Result<()> {
             if json {
                 return print_json(&r);
             }
+            let r = terminal_safe(r)?;
             println!("app release {} (id {})", r.version, r.id);
             println!("digest  {}", r.digest);
             println!("by      {} {}", r.uploaded_by, ago(Some(r.uploaded_at_ms)));
@@ -369,7 +376,7 @@ fn app_release(c: &Client, cmd: AppReleaseCmd) -> Result<()> {
 }
 
 fn status_change(c: &Client, id: &str, to: DeviceStatus) -> Result<()> {
-    let d = c.send(&admin::set_status(id, to))?;
+    let d = terminal_safe(c.send(&admin::set_status(id, to))?)?;
     println!("{}: {}", d.id, d.status.as_str());
     Ok(())
 }
@@ -381,6 +388,7 @@ fn release(c: &Client, cmd: ReleaseCmd) -> Result<()> {
             if json {
                 return print_json(&r);
             }
+            let r = terminal_safe(r)?;
             println!(
                 "release {} for {} ({:.1} MiB, signed by {}): id {}",
                 r.version,
@@ -396,6 +404,7 @@ fn release(c: &Client, cmd: ReleaseCmd) -> Result<()> {
             if json {
                 return print_json(&list);
             }
+            let list = terminal_safe(list)?;
             println!(
                 "{:<16}  {:<12}  {:<16}  {:>10}  {:<16}  UPLOADED",
                 "ID", "VERSION", "BOARD", "MIB", "SIGNER"
@@ -460,6 +469,7 @@ fn rollout(c: &Client, cmd: RolloutCmd) -> Result<()> {
                 if json {
                     return print_json(&r);
                 }
+                let r = terminal_safe(r)?;
                 print_rollout(&r);
                 println!("  events:");
                 for e in &r.events {
@@ -478,6 +488,7 @@ fn rollout(c: &Client, cmd: RolloutCmd) -> Result<()> {
                 if json {
                     return print_json(&list);
                 }
+                let list = terminal_safe(list)?;
                 for r in &list {
                     print_rollout(r);
                 }
@@ -491,7 +502,7 @@ fn rollout(c: &Client, cmd: RolloutCmd) -> Result<()> {
 }
 
 fn control(c: &Client, id: &str, action: RolloutAction) -> Result<()> {
-    let r = c.send(&admin::control_rollout(id, action))?;
+    let r = terminal_safe(c.send(&admin::control_rollout(id, action))?)?;
     println!("rollout {}: {}", r.id, r.state.as_str());
     Ok(())
 }
@@ -505,13 +516,14 @@ fn logs(c: &Client, device: &str, follow: bool, lines: i64, json: bool) -> Resul
             if json {
                 writeln!(out, "{}", serde_json::to_string(l)?)?;
             } else {
+                // Log lines come from the device: no escape sequences, no forged lines.
                 writeln!(
                     out,
                     "{} {:<7} {}: {}",
                     l.ts_ms,
-                    l.level,
-                    l.source.as_deref().unwrap_or("-"),
-                    l.message
+                    escape_controls(&l.level),
+                    escape_controls(l.source.as_deref().unwrap_or("-")),
+                    escape_controls(&l.message)
                 )?;
             }
         }

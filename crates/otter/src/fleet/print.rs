@@ -3,6 +3,50 @@
 use anyhow::Result;
 use otter_proto::admin::{Device, Rollout, RolloutKind};
 use serde::Serialize;
+use serde::de::DeserializeOwned;
+use std::fmt::Write as _;
+
+/// `s` with every control character (C0 but tab, DEL, C1, which includes the 8-bit CSI) and
+/// every bidirectional override shown as `\u{..}`: a device must not be able to move the admin's
+/// cursor, recolour, clear or forge lines of the terminal through its name, version or log lines.
+pub fn escape_controls(s: &str) -> std::borrow::Cow<'_, str> {
+    let bad = |c: char| {
+        (c.is_control() && c != '\t')
+            || matches!(c, '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}')
+    };
+    if !s.chars().any(bad) {
+        return s.into();
+    }
+    let mut out = String::with_capacity(s.len() + 8);
+    for c in s.chars() {
+        if bad(c) {
+            let _ = write!(out, "\\u{{{:x}}}", c as u32);
+        } else {
+            out.push(c);
+        }
+    }
+    out.into()
+}
+
+/// `v` with [`escape_controls`] applied to every string in it, for printing as text. The JSON
+/// output (`--json`) keeps the server's values: JSON escapes control characters itself.
+pub fn terminal_safe<T: Serialize + DeserializeOwned>(v: T) -> Result<T> {
+    fn walk(v: &mut serde_json::Value) {
+        match v {
+            serde_json::Value::String(s) => {
+                if let std::borrow::Cow::Owned(e) = escape_controls(s) {
+                    *s = e;
+                }
+            }
+            serde_json::Value::Array(a) => a.iter_mut().for_each(walk),
+            serde_json::Value::Object(o) => o.values_mut().for_each(walk),
+            _ => {}
+        }
+    }
+    let mut j = serde_json::to_value(&v)?;
+    walk(&mut j);
+    Ok(serde_json::from_value(j)?)
+}
 
 pub fn print_json(v: &impl Serialize) -> Result<()> {
     println!("{}", serde_json::to_string_pretty(v)?);
@@ -141,5 +185,29 @@ pub fn print_rollout(r: &Rollout) {
         for f in r.failures.iter().take(20) {
             println!("    {}  {}", f.device_id, f.reason);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn controls_are_escaped_text_is_kept() {
+        assert_eq!(escape_controls("gw-1 ünïcode\ttab"), "gw-1 ünïcode\ttab");
+        assert_eq!(
+            escape_controls("a\u{1b}[2J\u{1b}[1;1Hroot\nforged line\r\u{9b}31m\u{7f}"),
+            "a\\u{1b}[2J\\u{1b}[1;1Hroot\\u{a}forged line\\u{d}\\u{9b}31m\\u{7f}"
+        );
+        assert_eq!(escape_controls("ab\u{202E}cd"), "ab\\u{202e}cd");
+    }
+
+    #[test]
+    fn terminal_safe_reaches_nested_strings() {
+        let v = serde_json::json!({"name": "x\u{1b}]0;title\u{7}", "tags": ["a\nb"], "n": 3});
+        let v = terminal_safe(v).unwrap();
+        assert_eq!(v["name"], "x\\u{1b}]0;title\\u{7}");
+        assert_eq!(v["tags"][0], "a\\u{a}b");
+        assert_eq!(v["n"], 3);
     }
 }
