@@ -51,6 +51,20 @@ pub fn esc(s: &str) -> String {
     o
 }
 
+/// [`esc`] for text shown as one line of a `<pre>` (device log lines): control characters,
+/// newlines included, are shown as `\u{..}`, so a log line cannot forge the lines after it.
+pub fn esc_line(s: &str) -> String {
+    let mut o = String::with_capacity(s.len());
+    for c in s.chars() {
+        if c.is_control() && c != '\t' {
+            o.push_str(&format!("\\u{{{:x}}}", c as u32));
+        } else {
+            o.push(c);
+        }
+    }
+    esc(&o)
+}
+
 fn ago(ms: Option<i64>) -> String {
     let Some(ms) = ms else { return "never".into() };
     let s = (now_ms() - ms).max(0) / 1000;
@@ -457,9 +471,9 @@ async fn device(State(st): State<AppState>, _v: Viewer, Path(id): Path<String>) 
             body,
             "{} {:<7} {}: {}",
             l.ts_ms,
-            esc(&l.level),
-            esc(l.source.as_deref().unwrap_or("-")),
-            esc(&l.message)
+            esc_line(&l.level),
+            esc_line(l.source.as_deref().unwrap_or("-")),
+            esc_line(&l.message)
         );
     }
     body.push_str("</pre>");
@@ -625,6 +639,14 @@ async fn rollout_page(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn log_lines_stay_one_line() {
+        assert_eq!(
+            esc_line("a\nb <i>\r\u{1b}[2J\tc"),
+            "a\\u{a}b &lt;i&gt;\\u{d}\\u{1b}[2J\tc"
+        );
+    }
 
     #[test]
     fn escapes() {
