@@ -70,9 +70,9 @@ pub fn load_agent_config(paths: &Paths) -> Result<AgentConfig> {
 /// Work out what this boot is, record what happened since the last one, and repair the
 /// boot state (mark a slot that fell back as bad).
 pub fn reconcile(paths: &Paths) -> Result<Situation> {
-    let (booted, _try_flag) = paths.booted_slot()?;
+    let store = paths.boot()?;
+    let (booted, _try_flag) = store.booted()?;
     let release = ReleaseInfo::load(&paths.release)?;
-    let store = paths.boot_store();
     let mut boot = match store.load() {
         Ok((b, otter_boot::LoadSource::Primary)) => b,
         Ok((b, otter_boot::LoadSource::Backup)) => {
@@ -81,7 +81,7 @@ pub fn reconcile(paths: &Paths) -> Result<Situation> {
             store.repair().context("repairing the boot state")?;
             b
         }
-        Err(otter_boot::BootError::NoValidState { .. }) if paths.boot_state_dir.is_dir() => {
+        Err(otter_boot::BootError::NoValidState { .. }) if store.state_home_present() => {
             // Both copies lost: GRUB booted its built-in default. The running slot is the only
             // one known to work.
             crate::log(&format!(
@@ -242,8 +242,8 @@ pub fn run_trial(paths: &Paths, slot: Slot) -> Result<HealthReport> {
 
 /// Commit the booted slot (it becomes primary and good).
 pub fn commit(paths: &Paths, why: &str) -> Result<()> {
-    let (booted, _) = paths.booted_slot()?;
-    let store = paths.boot_store_for("commit");
+    let store = paths.boot_for("commit")?;
+    let (booted, _) = store.booted()?;
     let (mut boot, _) = store.load().context("reading the boot state")?;
     let file = StateFile::lock(&paths.state_dir)?;
     let mut st = file.load()?;
@@ -280,7 +280,7 @@ fn mark_unhealthy_and_reboot(paths: &Paths, slot: Slot, reason: &str) -> Result<
             u.updated_at = now();
         }
         file.save(&st)?;
-        let store = paths.boot_store();
+        let store = paths.boot()?;
         let (mut boot, _) = store.load().context("reading the boot state")?;
         boot.mark_bad(slot);
         store.store(&boot).context("writing the boot state")?;
@@ -291,9 +291,9 @@ fn mark_unhealthy_and_reboot(paths: &Paths, slot: Slot, reason: &str) -> Result<
 /// Go back to the other slot: a slot on trial is marked bad; a committed slot hands over to
 /// the other one if that holds a good system.
 pub fn rollback(paths: &Paths, do_reboot: bool) -> Result<String> {
-    let (booted, _) = paths.booted_slot()?;
+    let store = paths.boot()?;
+    let (booted, _) = store.booted()?;
     let other = booted.other();
-    let store = paths.boot_store();
     let (mut boot, _) = store.load().context("reading the boot state")?;
     if !boot.slot(other).good {
         bail!("slot {other} holds no committed system to roll back to");

@@ -61,8 +61,8 @@ pub fn check(paths: &Paths, cfg: &HealthConfig) -> HealthReport {
     }
 
     // The agent's own checks: it must be able to manage the next update.
-    if let Err(e) = paths.boot_store().load() {
-        failures.push(format!("boot state unreadable: {e}"));
+    if let Err(e) = paths.boot().and_then(|b| Ok(b.load()?)) {
+        failures.push(format!("boot state unreadable: {e:#}"));
     }
     let probe = paths.state_dir.join(".health-probe");
     if let Err(e) = std::fs::write(&probe, b"ok") {

@@ -46,10 +46,10 @@ pub fn install(
     o: &InstallOptions,
     on_progress: &mut dyn FnMut(&Progress),
 ) -> Result<InstallOutcome> {
-    let (booted, _) = paths.booted_slot()?;
+    let store = paths.boot()?;
+    let (booted, _) = store.booted()?;
     let target = booted.other();
     let release = ReleaseInfo::load(&paths.release)?;
-    let store = paths.boot_store();
     let (boot, _) = store.load().context("reading the boot state")?;
     if !boot.slot(booted).good {
         bail!(

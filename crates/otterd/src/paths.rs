@@ -1,8 +1,9 @@
 //! Where the agent finds things. On a device these are fixed; `OTTERD_ROOT` moves all of them
 //! under one directory so the whole agent can be tested on files standing for partitions.
 
-use anyhow::{Context, Result, bail};
-use otter_boot::Slot;
+use anyhow::{Context, Result};
+use otter_boot::{BootBackend, Slot};
+use otter_config::{Bootloader, ReleaseInfo};
 use std::path::PathBuf;
 
 #[derive(Debug, Clone)]
@@ -104,32 +105,37 @@ impl Paths {
             .join(format!("slot-{}.index", s.to_string().to_lowercase()))
     }
 
-    /// The slot the running system booted from, and whether GRUB marked it as a trial boot.
+    /// The slot the running system booted from, and whether the boot loader marked it as a trial
+    /// boot.
     pub fn booted_slot(&self) -> Result<(Slot, bool)> {
-        let cmdline = std::fs::read_to_string(&self.cmdline)
-            .with_context(|| format!("reading {}", self.cmdline.display()))?;
-        match otter_boot::parse_booted_slot(&cmdline) {
-            Some(s) => Ok(s),
-            None => bail!(
-                "this system was not booted by Otter's boot loader ({} has no otter.slot=)",
-                self.cmdline.display()
-            ),
-        }
+        Ok(self.boot()?.booted()?)
     }
 
-    /// The boot state store.
-    pub fn boot_store(&self) -> otter_boot::GrubEnvStore {
-        otter_boot::GrubEnvStore::new(&self.boot_state_dir)
+    /// The boot loader of this image (`release.toml`), which picks the boot backend.
+    pub fn bootloader(&self) -> Result<Bootloader> {
+        Ok(ReleaseInfo::load(&self.release)
+            .context("finding the boot loader of this image")?
+            .bootloader)
     }
 
-    /// The boot state store for operation `op` (`commit`, `install`), with a test fault
-    /// injected if one is armed for that operation.
-    pub fn boot_store_for(&self, op: &str) -> otter_boot::GrubEnvStore {
-        let store = self.boot_store();
-        match self.fault(op) {
-            Some(f) => store.with_fault(f),
-            None => store,
-        }
+    /// The boot backend: the one place otterd turns the image's boot loader into the code that
+    /// reads and writes its state.
+    pub fn boot(&self) -> Result<Box<dyn BootBackend>> {
+        self.boot_with(otter_boot::Fault::None)
+    }
+
+    /// The boot backend for operation `op` (`commit`, `install`), with a test fault injected if
+    /// one is armed for that operation.
+    pub fn boot_for(&self, op: &str) -> Result<Box<dyn BootBackend>> {
+        self.boot_with(self.fault(op).unwrap_or_default())
+    }
+
+    fn boot_with(&self, fault: otter_boot::Fault) -> Result<Box<dyn BootBackend>> {
+        let paths = otter_boot::BackendPaths {
+            state_dir: self.boot_state_dir.clone(),
+            cmdline: self.cmdline.clone(),
+        };
+        Ok(otter_boot::backend::open(self.bootloader()?, &paths, fault))
     }
 
     /// Test-only fault injection for the end-to-end suite: the file `state_dir/fault` holding
