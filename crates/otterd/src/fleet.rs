@@ -10,7 +10,7 @@
 //! Logs work the same way with the journal's cursor: the journal (persistent or capped in RAM,
 //! `logging` in the device config) is the bounded queue.
 
-use crate::state::{AgentState, Phase, read_state};
+use crate::state::{AgentState, EventKind, Phase, read_state};
 use crate::{Paths, now};
 use anyhow::{Context, Result, bail};
 use ed25519_dalek::SigningKey;
@@ -18,8 +18,8 @@ use otter_apps::runtime::Runtime;
 use otter_config::device_config::Server;
 use otter_proto::{
     ApiError, AppApplyReport, AppOutcome, AppPhase, AppsReport, Challenge, EnrollRequest,
-    EnrollResponse, EnrollStatus, Health, LogBatch, LogEntry, RollbackEvent, ServiceReport,
-    StateReport, TargetApps, TargetState, UpdatePhase, UpdateReport, paths as api,
+    EnrollResponse, EnrollStatus, LogBatch, LogEntry, RollbackEvent, ServiceReport, StateReport,
+    TargetApps, TargetState, UpdatePhase, UpdateReport, paths as api,
 };
 use serde::{Deserialize, Serialize};
 use std::io::{BufRead, BufReader};
@@ -620,18 +620,7 @@ impl Client {
                 let pct = (p.done_bytes * 100).checked_div(p.total_bytes)?;
                 Some(pct.min(100) as u8)
             });
-            let phase = match u.phase {
-                Phase::Installing if u.progress.as_ref().is_some_and(|p| p.fetched_bytes > 0) => {
-                    UpdatePhase::Downloading
-                }
-                Phase::Installing => UpdatePhase::Installing,
-                Phase::Installed if self.state.reboot_pending => UpdatePhase::Installed,
-                Phase::Installed => UpdatePhase::Rebooting,
-                Phase::Trying | Phase::Unhealthy => UpdatePhase::Trying,
-                Phase::Committed => UpdatePhase::Committed,
-                Phase::RolledBack => UpdatePhase::RolledBack,
-                Phase::Failed => UpdatePhase::Failed,
-            };
+            let phase = crate::lifecycle::server_phase(u, self.state.reboot_pending);
             UpdateReport {
                 version: u.version.clone(),
                 phase,
@@ -649,13 +638,13 @@ impl Client {
             Some((t, ev, ver)) => st
                 .history
                 .iter()
-                .rposition(|e| e.time == *t && &e.event == ev && &e.version == ver)
+                .rposition(|e| e.time == *t && e.event.as_str() == ev && &e.version == ver)
                 .map(|i| i + 1)
                 .unwrap_or_else(|| st.history.iter().take_while(|e| e.time <= *t).count()),
         };
         let rollbacks = st.history[start.min(st.history.len())..]
             .iter()
-            .filter(|e| e.event == "rolled_back")
+            .filter(|e| e.event == EventKind::RolledBack)
             .map(|e| RollbackEvent {
                 version: e.version.clone(),
                 reason: e.detail.clone(),
@@ -665,13 +654,9 @@ impl Client {
         let cursor = st
             .history
             .last()
-            .map(|e| (e.time, e.event.clone(), e.version.clone()));
-        let health = match st.update.as_ref().map(|u| u.phase) {
-            Some(Phase::Trying) | Some(Phase::Installed) => None,
-            Some(Phase::Unhealthy) => Some(Health::Unhealthy),
-            _ if booted.is_some() => Some(Health::Healthy),
-            _ => None,
-        };
+            .map(|e| (e.time, e.event.to_string(), e.version.clone()));
+        let health =
+            crate::lifecycle::server_health(st.update.as_ref().map(|u| u.phase), booted.is_some());
         (
             StateReport {
                 os_version: release.map(|r| r.version),

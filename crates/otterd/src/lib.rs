@@ -3,6 +3,8 @@
 //! * [`agent`]: what happens at every boot: find the booted slot, notice a fallback, run the
 //!   health checks of a trial boot, then commit or mark bad and reboot.
 //! * [`install`]: install a signed bundle into the other slot and arm a trial boot.
+//! * [`lifecycle`]: the update lifecycle as one pure transition function; the rest carry
+//!   out its effects.
 //! * [`state`]: the agent's record of updates, kept on the data partition.
 //! * [`health`]: the health checks.
 //! * [`provision`]: the device config rendered into `/etc`, at boot and at runtime.
@@ -14,6 +16,7 @@ pub mod apps;
 pub mod fleet;
 pub mod health;
 pub mod install;
+pub mod lifecycle;
 pub mod notify;
 pub mod paths;
 pub mod provision;

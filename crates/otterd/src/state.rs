@@ -4,6 +4,7 @@
 //! Boot-loader state (which slot boots) lives on the boot partition and is the truth for
 //! booting; this file is the truth for *why*: versions, errors, rollback reasons.
 
+pub use crate::lifecycle::EventKind;
 use anyhow::{Context, Result};
 use otter_boot::Slot;
 use serde::{Deserialize, Serialize};
@@ -117,7 +118,7 @@ pub struct SlotInfo {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Event {
     pub time: u64,
-    pub event: String,
+    pub event: EventKind,
     pub version: String,
     pub slot: Slot,
     #[serde(default, skip_serializing_if = "String::is_empty")]
@@ -135,10 +136,21 @@ pub struct AgentState {
 }
 
 impl AgentState {
-    pub fn record(&mut self, event: &str, version: &str, slot: Slot, detail: &str) {
+    pub fn record(&mut self, event: EventKind, version: &str, slot: Slot, detail: &str) {
+        self.record_at(crate::now(), event, version, slot, detail);
+    }
+
+    pub fn record_at(
+        &mut self,
+        time: u64,
+        event: EventKind,
+        version: &str,
+        slot: Slot,
+        detail: &str,
+    ) {
         self.history.push(Event {
-            time: crate::now(),
-            event: event.to_string(),
+            time,
+            event,
             version: version.to_string(),
             slot,
             detail: detail.to_string(),
@@ -239,7 +251,7 @@ mod tests {
             },
         );
         for i in 0..60 {
-            s.record("x", &format!("1.0.{i}"), Slot::B, "");
+            s.record(EventKind::Committed, &format!("1.0.{i}"), Slot::B, "");
         }
         f.save(&s).unwrap();
         let back = f.load().unwrap();
