@@ -86,21 +86,38 @@ impl FleetState {
         paths.state_dir.join("fleet.json")
     }
 
+    /// The saved state; empty when there is none. A damaged file is set aside
+    /// (`fleet.json.corrupt-<time>`, logged) rather than overwritten: it holds the device token.
+    /// The agent then enrolls again with its device key (`device.key`, untouched), and the
+    /// token can be recovered from the kept copy by hand.
     pub fn load(paths: &Paths) -> FleetState {
-        std::fs::read(Self::path(paths))
-            .ok()
-            .and_then(|b| serde_json::from_slice(&b).ok())
-            .unwrap_or_default()
+        let p = Self::path(paths);
+        let bytes = match std::fs::read(&p) {
+            Ok(b) => b,
+            Err(e) => {
+                if e.kind() != std::io::ErrorKind::NotFound {
+                    crate::log(&format!(
+                        "cannot read {}: {e}; starting unenrolled",
+                        p.display()
+                    ));
+                }
+                return FleetState::default();
+            }
+        };
+        match serde_json::from_slice(&bytes) {
+            Ok(s) => s,
+            Err(e) => {
+                if let Err(err) = crate::durable::set_aside(&p, &e.to_string()) {
+                    crate::log(&format!("{err:#}"));
+                }
+                FleetState::default()
+            }
+        }
     }
 
     fn save(&self, paths: &Paths) -> Result<()> {
-        let p = Self::path(paths);
-        let tmp = p.with_extension("json.tmp");
         let text = serde_json::to_vec_pretty(self).context("serialising the fleet state")?;
-        std::fs::write(&tmp, text)
-            .and_then(|_| std::fs::File::open(&tmp)?.sync_all())
-            .with_context(|| format!("writing {}", tmp.display()))?;
-        std::fs::rename(&tmp, &p).with_context(|| format!("replacing {}", p.display()))
+        crate::durable::replace(&Self::path(paths), &text, None)
     }
 }
 
@@ -152,22 +169,7 @@ pub fn device_key(paths: &Paths) -> Result<SigningKey> {
             let key = SigningKey::generate(&mut rand::rngs::OsRng);
             std::fs::create_dir_all(&paths.state_dir)
                 .with_context(|| format!("creating {}", paths.state_dir.display()))?;
-            let tmp = p.with_extension("key.tmp");
-            {
-                use std::io::Write;
-                use std::os::unix::fs::OpenOptionsExt;
-                let mut f = std::fs::OpenOptions::new()
-                    .write(true)
-                    .create(true)
-                    .truncate(true)
-                    .mode(0o600)
-                    .open(&tmp)
-                    .with_context(|| format!("creating {}", tmp.display()))?;
-                f.write_all(hex::encode(key.to_bytes()).as_bytes())
-                    .and_then(|_| f.sync_all())
-                    .with_context(|| format!("writing {}", tmp.display()))?;
-            }
-            std::fs::rename(&tmp, &p).with_context(|| format!("creating {}", p.display()))?;
+            crate::durable::replace(&p, hex::encode(key.to_bytes()).as_bytes(), Some(0o600))?;
             Ok(key)
         }
         Err(e) => Err(e).with_context(|| format!("reading {}", p.display())),

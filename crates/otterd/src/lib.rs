@@ -13,6 +13,7 @@
 
 pub mod agent;
 pub mod apps;
+pub mod durable;
 pub mod fleet;
 pub mod health;
 pub mod install;

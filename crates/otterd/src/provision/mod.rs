@@ -109,21 +109,13 @@ pub fn write_atomic(path: &Path, content: &[u8], mode: u32) -> Result<()> {
         std::fs::create_dir_all(parent)
             .with_context(|| format!("creating {}", parent.display()))?;
     }
-    let tmp = path.with_extension("otter-tmp");
-    std::fs::write(&tmp, content).with_context(|| format!("writing {}", tmp.display()))?;
-    std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(mode))
-        .with_context(|| format!("chmod {}", tmp.display()))?;
-    let f = std::fs::File::open(&tmp).with_context(|| format!("opening {}", tmp.display()))?;
-    f.sync_all()
-        .with_context(|| format!("syncing {}", tmp.display()))?;
     if path.symlink_metadata().map(|m| m.is_dir()).unwrap_or(false) {
         anyhow::bail!(
             "{} is a directory; cannot replace it with a file",
             path.display()
         );
     }
-    std::fs::rename(&tmp, path).with_context(|| format!("replacing {}", path.display()))?;
-    Ok(())
+    crate::durable::replace(path, content, Some(mode))
 }
 
 fn current_matches(path: &Path, e: &Entry) -> bool {
