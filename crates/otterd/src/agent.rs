@@ -194,24 +194,7 @@ pub fn rollback(paths: &Paths, do_reboot: bool) -> Result<String> {
 }
 
 pub fn reboot(paths: &Paths) -> Result<()> {
-    if paths.test_mode {
-        std::fs::write(paths.state_dir.join("reboot-requested"), b"1")
-            .context("recording the reboot request")?;
-        return Ok(());
-    }
-    let _ = std::process::Command::new("sync").status();
-    let ok = std::process::Command::new("systemctl")
-        .arg("reboot")
-        .status()
-        .map(|s| s.success())
-        .unwrap_or(false);
-    if !ok {
-        std::process::Command::new("reboot")
-            .arg("-f")
-            .status()
-            .context("rebooting")?;
-    }
-    Ok(())
+    paths.host.reboot()
 }
 
 /// The long-running agent (systemd unit `otterd.service`).
@@ -243,7 +226,7 @@ pub fn daemon(paths: &Paths) -> Result<()> {
     crate::log(&situation.to_string());
     // Apps start whatever the boot is (a trial boot's apps may be what its checks test).
     crate::apps::spawn_boot(paths);
-    if !paths.test_mode {
+    if paths.host.is_device() {
         // The fleet client runs beside the trial: a trial boot must reach the server to commit.
         let p = paths.clone();
         std::thread::Builder::new()
@@ -268,7 +251,7 @@ pub fn daemon(paths: &Paths) -> Result<()> {
     stop_on_sigterm();
     crate::provision::preinit::save_clock(paths);
     if let Some(server) = crate::provision::effective_config(paths).server
-        && !paths.test_mode
+        && paths.host.is_device()
     {
         std::thread::spawn(move || {
             // The network may take a while; try for ten minutes, then leave it to NTP.

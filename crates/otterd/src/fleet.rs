@@ -297,14 +297,15 @@ impl Client {
             Ok((_, apps)) => apps,
             Err(_) => Vec::new(),
         };
-        let rows = if apps.is_empty() || (self.paths.test_mode && self.apps_runtime.is_none()) {
-            Vec::new()
-        } else {
-            let mut rt = self.take_runtime();
-            let rows = otter_apps::update::status(rt.as_mut(), &apps);
-            self.apps_runtime = Some(rt);
-            rows
-        };
+        let rows =
+            if apps.is_empty() || (!self.paths.host.is_device() && self.apps_runtime.is_none()) {
+                Vec::new()
+            } else {
+                let mut rt = self.take_runtime();
+                let rows = otter_apps::update::status(rt.as_mut(), &apps);
+                self.apps_runtime = Some(rt);
+                rows
+            };
         let out: Vec<ServiceReport> = rows.into_iter().map(service_report).collect();
         self.services = Some((std::time::Instant::now(), out.clone()));
         out
@@ -911,7 +912,7 @@ impl Client {
 
     /// Upload journal lines since the last uploaded one (one batch).
     pub fn upload_logs(&mut self) -> Result<usize> {
-        if self.paths.test_mode {
+        if !self.paths.host.is_device() {
             return Ok(0);
         }
         let (entries, cursor) = read_journal(self.state.journal_cursor.as_deref(), LOG_BATCH)?;

@@ -24,16 +24,12 @@ pub struct HealthReport {
     pub pending: bool,
 }
 
-fn systemctl(args: &[&str]) -> Option<String> {
-    let out = Command::new("systemctl").args(args).output().ok()?;
-    Some(String::from_utf8_lossy(&out.stdout).trim().to_string())
-}
-
 pub fn check(paths: &Paths, cfg: &HealthConfig) -> HealthReport {
     let mut failures = Vec::new();
     let mut pending = false;
 
-    if !paths.test_mode {
+    let systemctl = |args: &[&str]| paths.host.systemctl(args);
+    {
         match systemctl(&["is-system-running"]).as_deref() {
             Some("running") | Some("degraded") => {}
             Some(s @ ("initializing" | "starting")) => {
@@ -77,7 +73,7 @@ pub fn check(paths: &Paths, cfg: &HealthConfig) -> HealthReport {
         paths,
         Duration::from_secs(cfg.check_timeout_secs),
     ));
-    if cfg.apps && !paths.test_mode {
+    if cfg.apps && paths.host.is_device() {
         match crate::apps::service_status(paths) {
             Ok(rows) => {
                 let (f, p) = app_failures(&rows);

@@ -6,6 +6,7 @@
 //! * [`lifecycle`]: the update lifecycle as one pure transition function; the rest carry
 //!   out its effects.
 //! * [`state`]: the agent's record of updates, kept on the data partition.
+//! * [`host`]: the device's side effects (reboot, systemd, chown), real or fake.
 //! * [`health`]: the health checks.
 //! * [`provision`]: the device config rendered into `/etc`, at boot and at runtime.
 //! * [`fleet`]: the fleet server client: enroll, poll, install what is targeted, report, logs.
@@ -16,6 +17,7 @@ pub mod apps;
 pub mod durable;
 pub mod fleet;
 pub mod health;
+pub mod host;
 pub mod install;
 pub mod lifecycle;
 pub mod notify;

@@ -1,10 +1,12 @@
 //! Where the agent finds things. On a device these are fixed; `OTTERD_ROOT` moves all of them
 //! under one directory so the whole agent can be tested on files standing for partitions.
 
+use crate::host::{FakeHost, Host, RealHost};
 use anyhow::{Context, Result};
 use otter_boot::{BootBackend, Slot};
 use otter_config::{Bootloader, ReleaseInfo};
 use std::path::PathBuf;
+use std::sync::Arc;
 
 #[derive(Debug, Clone)]
 pub struct Paths {
@@ -32,8 +34,10 @@ pub struct Paths {
     pub run_dir: PathBuf,
     pub home_dir: PathBuf,
     pub zoneinfo_dir: PathBuf,
-    /// Test mode: no systemd; a reboot is recorded in `state_dir/reboot-requested`.
-    pub test_mode: bool,
+    /// The device's side effects: [`RealHost`](crate::host::RealHost) on a device, a
+    /// [`FakeHost`](crate::host::FakeHost) under `OTTERD_ROOT` (no systemd; a reboot is
+    /// recorded in `state_dir/reboot-requested`).
+    pub host: Arc<dyn Host>,
 }
 
 impl Paths {
@@ -55,7 +59,7 @@ impl Paths {
             run_dir: "/run/otter".into(),
             home_dir: "/data/home".into(),
             zoneinfo_dir: "/usr/share/zoneinfo".into(),
-            test_mode: false,
+            host: Arc::new(RealHost),
         }
     }
 
@@ -68,7 +72,7 @@ impl Paths {
         }
     }
 
-    /// Every path below `r`, in test mode.
+    /// Every path below `r`, with a fake host.
     pub fn under(r: &std::path::Path) -> Paths {
         Paths {
             boot_state_dir: r.join("boot/efi/otter"),
@@ -87,7 +91,7 @@ impl Paths {
             run_dir: r.join("run/otter"),
             home_dir: r.join("data/home"),
             zoneinfo_dir: r.join("usr/share/zoneinfo"),
-            test_mode: true,
+            host: Arc::new(FakeHost::new(&r.join("var/lib/otter"))),
         }
     }
 

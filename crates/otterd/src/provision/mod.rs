@@ -204,10 +204,10 @@ pub fn write_rendered(paths: &Paths, r: &Rendered) -> Result<Vec<String>> {
                 .with_context(|| format!("creating home directory {}", home.display()))?;
             std::fs::set_permissions(&home, std::fs::Permissions::from_mode(0o750))
                 .with_context(|| format!("chmod {}", home.display()))?;
-            if !paths.test_mode {
-                std::os::unix::fs::chown(&home, Some(*uid), Some(*gid))
-                    .with_context(|| format!("chown {}", home.display()))?;
-            }
+            paths
+                .host
+                .chown(&home, *uid, *gid)
+                .with_context(|| format!("chown {}", home.display()))?;
         }
     }
     Ok(changed)
@@ -321,10 +321,6 @@ pub fn actions_for(changed: &[String]) -> Vec<&'static str> {
 fn restart_affected(paths: &Paths, cfg: &DeviceConfig, changed: &[String]) -> Vec<String> {
     let mut done = Vec::new();
     for act in actions_for(changed) {
-        if paths.test_mode {
-            done.push(act.to_string());
-            continue;
-        }
         let ok = match act {
             "hostname" => {
                 let name = cfg
@@ -336,15 +332,16 @@ fn restart_affected(paths: &Paths, cfg: &DeviceConfig, changed: &[String]) -> Ve
                             .map(|s| s.trim().to_string())
                     })
                     .unwrap_or_default();
-                set_hostname(&name)
+                paths.host.set_hostname(&name)
             }
             "udev-rules" => {
-                run(&["udevadm", "control", "--reload"]) && run(&["udevadm", "trigger"])
+                paths.host.run(&["udevadm", "control", "--reload"])
+                    && paths.host.run(&["udevadm", "trigger"])
             }
-            "daemon-reexec" => run(&["systemctl", "daemon-reexec"]),
+            "daemon-reexec" => paths.host.run(&["systemctl", "daemon-reexec"]),
             "wifi-regdom" => {
                 let cc = cfg.country.as_deref().unwrap_or("00");
-                if run(&["iw", "reg", "set", cc]) {
+                if paths.host.run(&["iw", "reg", "set", cc]) {
                     true
                 } else {
                     log(&format!(
@@ -353,8 +350,8 @@ fn restart_affected(paths: &Paths, cfg: &DeviceConfig, changed: &[String]) -> Ve
                     continue;
                 }
             }
-            "ssh.service" => run(&["systemctl", "reload-or-restart", act]),
-            unit => run(&["systemctl", "try-restart", unit]),
+            "ssh.service" => paths.host.run(&["systemctl", "reload-or-restart", act]),
+            unit => paths.host.run(&["systemctl", "try-restart", unit]),
         };
         if ok {
             done.push(act.to_string());
@@ -365,23 +362,6 @@ fn restart_affected(paths: &Paths, cfg: &DeviceConfig, changed: &[String]) -> Ve
         }
     }
     done
-}
-
-fn run(argv: &[&str]) -> bool {
-    std::process::Command::new(argv[0])
-        .args(&argv[1..])
-        .status()
-        .map(|s| s.success())
-        .unwrap_or(false)
-}
-
-fn set_hostname(name: &str) -> bool {
-    if name.is_empty() {
-        return false;
-    }
-    // SAFETY: sethostname reads `len` bytes from a valid buffer.
-    let rc = unsafe { libc::sethostname(name.as_ptr().cast(), name.len()) };
-    rc == 0
 }
 
 /// `otterd config apply`: read the file from the mounted boot partition and apply it.
