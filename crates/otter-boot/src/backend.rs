@@ -22,6 +22,10 @@ pub trait BootBackend: Send + Sync + std::fmt::Debug {
     /// Store `s` so that a power cut at any moment leaves the old or the new decision.
     fn store(&self, s: &BootState) -> Result<()>;
 
+    /// Store `s` but stop as `fault` says, a simulated power cut (end-to-end tests only; the
+    /// agent reaches this only when built with its `fault-injection` feature).
+    fn store_faulted(&self, s: &BootState, fault: Fault) -> Result<()>;
+
     /// Make every copy hold what [`load`](Self::load) finds (after a torn write).
     fn repair(&self) -> Result<LoadSource>;
 
@@ -43,11 +47,10 @@ pub struct BackendPaths {
     pub cmdline: PathBuf,
 }
 
-/// The backend for `bootloader`. `fault` is for the end-to-end power-cut tests only
-/// ([`Fault::None`] otherwise).
-pub fn open(bootloader: Bootloader, paths: &BackendPaths, fault: Fault) -> Box<dyn BootBackend> {
+/// The backend for `bootloader`: the one match a new boot loader adds an arm to.
+pub fn open(bootloader: Bootloader, paths: &BackendPaths) -> Box<dyn BootBackend> {
     match bootloader {
-        Bootloader::GrubEfi => Box::new(crate::grub_backend::GrubBackend::new(paths, fault)),
+        Bootloader::GrubEfi => Box::new(crate::grub_backend::GrubBackend::new(paths)),
     }
 }
 

@@ -15,9 +15,9 @@ pub struct GrubBackend {
 }
 
 impl GrubBackend {
-    pub fn new(paths: &BackendPaths, fault: Fault) -> GrubBackend {
+    pub fn new(paths: &BackendPaths) -> GrubBackend {
         GrubBackend {
-            store: GrubEnvStore::new(&paths.state_dir).with_fault(fault),
+            store: GrubEnvStore::new(&paths.state_dir),
             cmdline: paths.cmdline.clone(),
         }
     }
@@ -30,6 +30,10 @@ impl BootBackend for GrubBackend {
 
     fn store(&self, s: &BootState) -> Result<()> {
         self.store.store(s)
+    }
+
+    fn store_faulted(&self, s: &BootState, fault: Fault) -> Result<()> {
+        self.store.clone().with_fault(fault).store(s)
     }
 
     fn repair(&self) -> Result<LoadSource> {

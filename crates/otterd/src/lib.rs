@@ -15,6 +15,8 @@
 pub mod agent;
 pub mod apps;
 pub mod durable;
+#[cfg(feature = "fault-injection")]
+pub mod fault;
 pub mod fleet;
 pub mod health;
 pub mod host;

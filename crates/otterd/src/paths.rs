@@ -125,45 +125,26 @@ impl Paths {
     /// The boot backend: the one place otterd turns the image's boot loader into the code that
     /// reads and writes its state.
     pub fn boot(&self) -> Result<Box<dyn BootBackend>> {
-        self.boot_with(otter_boot::Fault::None)
+        self.boot_with()
     }
 
-    /// The boot backend for operation `op` (`commit`, `install`), with a test fault injected if
-    /// one is armed for that operation.
+    /// The boot backend for operation `op` (`commit`, `install`). Built with the
+    /// `fault-injection` feature (end-to-end test images only), a fault armed for `op` in
+    /// `state_dir/fault` wraps it ([`crate::fault`]).
     pub fn boot_for(&self, op: &str) -> Result<Box<dyn BootBackend>> {
-        self.boot_with(self.fault(op).unwrap_or_default())
+        let backend = self.boot()?;
+        #[cfg(feature = "fault-injection")]
+        let backend = crate::fault::wrap(self, op, backend);
+        #[cfg(not(feature = "fault-injection"))]
+        let _ = op;
+        Ok(backend)
     }
 
-    fn boot_with(&self, fault: otter_boot::Fault) -> Result<Box<dyn BootBackend>> {
+    fn boot_with(&self) -> Result<Box<dyn BootBackend>> {
         let paths = otter_boot::BackendPaths {
             state_dir: self.boot_state_dir.clone(),
             cmdline: self.cmdline.clone(),
         };
-        Ok(otter_boot::backend::open(self.bootloader()?, &paths, fault))
-    }
-
-    /// Test-only fault injection for the end-to-end suite: the file `state_dir/fault` holding
-    /// `OP:hang-after-primary` or `OP:torn-primary` makes the next boot-state write of
-    /// operation OP stop there. The file is consumed, so the boot after the simulated power
-    /// cut runs normally.
-    pub fn fault(&self, op: &str) -> Option<otter_boot::Fault> {
-        let path = self.state_dir.join("fault");
-        let text = std::fs::read_to_string(&path).ok()?;
-        let text = text.trim().strip_prefix(op)?.strip_prefix(':')?.to_string();
-        let used = self.state_dir.join("fault.used");
-        std::fs::rename(&path, &used).ok()?;
-        if let Ok(f) = std::fs::File::open(&self.state_dir) {
-            let _ = f.sync_all();
-        }
-        let fault = match text.trim() {
-            "hang-after-primary" => otter_boot::Fault::HangAfterPrimary,
-            "torn-primary" => otter_boot::Fault::TornPrimary,
-            _ => return None,
-        };
-        crate::log(&format!(
-            "fault injected: {}: the next boot-state write stops midway",
-            text.trim()
-        ));
-        Some(fault)
+        Ok(otter_boot::backend::open(self.bootloader()?, &paths))
     }
 }
