@@ -28,31 +28,30 @@ pub fn check(paths: &Paths, cfg: &HealthConfig) -> HealthReport {
     let mut failures = Vec::new();
     let mut pending = false;
 
+    // systemd: finished starting, and the health target's and configured units active.
     let systemctl = |args: &[&str]| paths.host.systemctl(args);
-    {
-        match systemctl(&["is-system-running"]).as_deref() {
-            Some("running") | Some("degraded") => {}
-            Some(s @ ("initializing" | "starting")) => {
-                pending = true;
-                failures.push(format!("systemd is still {s}"));
-            }
-            Some(other) => failures.push(format!("systemd state is `{other}`")),
-            None => failures.push("cannot run systemctl".to_string()),
+    match systemctl(&["is-system-running"]).as_deref() {
+        Some("running") | Some("degraded") => {}
+        Some(s @ ("initializing" | "starting")) => {
+            pending = true;
+            failures.push(format!("systemd is still {s}"));
         }
-        let mut units: Vec<String> =
-            systemctl(&["show", "-p", "Wants", "--value", "otter-health.target"])
-                .unwrap_or_default()
-                .split_whitespace()
-                .map(str::to_string)
-                .collect();
-        units.extend(cfg.units.iter().cloned());
-        units.sort();
-        units.dedup();
-        for u in units {
-            let state = systemctl(&["is-active", &u]).unwrap_or_default();
-            if state != "active" {
-                failures.push(format!("unit {u} is {state}"));
-            }
+        Some(other) => failures.push(format!("systemd state is `{other}`")),
+        None => failures.push("cannot run systemctl".to_string()),
+    }
+    let mut units: Vec<String> =
+        systemctl(&["show", "-p", "Wants", "--value", "otter-health.target"])
+            .unwrap_or_default()
+            .split_whitespace()
+            .map(str::to_string)
+            .collect();
+    units.extend(cfg.units.iter().cloned());
+    units.sort();
+    units.dedup();
+    for u in units {
+        let state = systemctl(&["is-active", &u]).unwrap_or_default();
+        if state != "active" {
+            failures.push(format!("unit {u} is {state}"));
         }
     }
 
