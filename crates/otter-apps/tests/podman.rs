@@ -3,6 +3,7 @@
 //! podman cannot run containers on a build host) and records them as meant.
 //!
 //! Needs root, podman, umoci, skopeo and busybox-static; skipped with a message otherwise.
+#![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
 
 use otter_apps::app::{App, AppSpec};
 use otter_apps::unit;

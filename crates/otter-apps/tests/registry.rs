@@ -4,6 +4,7 @@
 //! QEMU tests.
 //!
 //! Needs root, podman, skopeo, umoci, busybox-static and docker-registry; skipped otherwise.
+#![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
 
 use otter_apps::runtime::{Podman, Runtime};
 use std::path::Path;

@@ -65,6 +65,9 @@ pub enum BootError {
         backup: Box<BootError>,
     },
 
+    #[error("this system was not booted by Otter's boot loader ({path} has no otter.slot=)")]
+    NotBootedByOtter { path: PathBuf },
+
     #[error("invalid slot {0:?}: expected A or B")]
     BadSlot(String),
 

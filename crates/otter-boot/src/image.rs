@@ -40,6 +40,15 @@ pub fn efi_boot_path(arch: &str) -> Result<&'static str> {
     }
 }
 
+/// The removable-media EFI binary name firmware starts for a board architecture
+/// (`BOOTX64.EFI`, `BOOTAA64.EFI`), in `EFI/BOOT/`.
+pub fn efi_binary_name(arch: otter_config::Arch) -> &'static str {
+    match arch {
+        otter_config::Arch::Amd64 => "BOOTX64.EFI",
+        otter_config::Arch::Arm64 => "BOOTAA64.EFI",
+    }
+}
+
 fn package_for(arch: &str) -> Result<&'static str> {
     match arch {
         "x86_64-efi" => Ok("grub-efi-amd64-bin"),

@@ -1,6 +1,7 @@
 //! The fault-injection hooks used by the end-to-end power-cut tests: each store is run in a
 //! thread that never returns (as on the device, where the test then kills the VM), and the files
 //! are inspected while it hangs. This also proves the store writes the primary first.
+#![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
 
 use std::fs;
 use std::path::Path;

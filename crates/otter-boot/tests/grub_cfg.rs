@@ -1,4 +1,5 @@
 //! The generated grub.cfg and the GRUB image: content, syntax (grub-script-check), build.
+#![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
 
 mod common;
 

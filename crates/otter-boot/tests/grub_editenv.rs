@@ -1,5 +1,6 @@
 //! The block codec and the model of GRUB's `save_env` checked against `grub-editenv`, which is
 //! built from the same envblk.c as GRUB. Skipped with a message if grub-editenv is missing.
+#![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
 
 mod common;
 

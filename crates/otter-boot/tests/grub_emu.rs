@@ -1,6 +1,7 @@
 //! Runs the generated grub.cfg in real GRUB (`grub-emu`, Debian package grub-emu) against a GPT
 //! disk image with the two state files, and checks its decisions and the bytes it writes
 //! against the Rust model (`otter_boot::sim`). Skipped with a message if grub-emu is missing.
+#![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
 
 mod common;
 

@@ -7,6 +7,7 @@
 //! the slot chosen before or after the write, never the built-in default and never a slot
 //! that is being written, and `GrubEnvStore::load` must return a valid state; the next store
 //! must repair everything.
+#![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
 
 use std::collections::HashMap;
 use std::fs;

@@ -1,5 +1,6 @@
 //! `VerifiedBundle::check_payload`: the whole payload checked without writing anything, from a
 //! file and over HTTP.
+#![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
 
 mod common;
 

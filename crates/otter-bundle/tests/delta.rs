@@ -1,6 +1,7 @@
 //! Delta installs: a device reuses the blocks of its active slot (the seed) and fetches only the
 //! chunks it lacks. The old and new images are made of distinct random 4 KiB blocks, so which
 //! chunks must be fetched is known exactly.
+#![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
 
 mod common;
 

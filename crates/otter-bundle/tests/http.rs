@@ -1,5 +1,6 @@
 //! Installing from HTTP with range requests, against a local std::net server that misbehaves on
 //! purpose: dropped connections, no Range support, truncated files.
+#![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
 
 mod common;
 

@@ -1,6 +1,7 @@
 //! Patch sets against a named older image (`create_bundle_with_patches`): a device whose seed
 //! is that image rebuilds the changed chunks from small frames; every other device installs from
 //! the same bundle by block reuse; damaged patches or seeds fall back to fetching.
+#![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
 
 mod common;
 

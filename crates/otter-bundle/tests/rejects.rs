@@ -1,5 +1,6 @@
 //! Every bad input is refused; where the problem is detectable before writing, the target is
 //! asserted byte-for-byte unchanged.
+#![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
 
 mod common;
 

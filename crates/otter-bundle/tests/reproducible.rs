@@ -1,5 +1,6 @@
 //! With SOURCE_DATE_EPOCH set, the same inputs give a byte-identical bundle (Ed25519 signatures
 //! are deterministic). Alone in its own test binary because it sets an environment variable.
+#![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
 
 mod common;
 

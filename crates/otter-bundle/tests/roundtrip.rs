@@ -1,4 +1,5 @@
 //! Happy paths: create → open → verify → install → read back, on files standing for slots.
+#![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
 
 mod common;
 

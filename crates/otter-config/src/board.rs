@@ -2,7 +2,101 @@
 
 use crate::{ByteSize, ConfigError, Result, is_simple_name, read_toml};
 use serde::{Deserialize, Serialize};
+use std::fmt;
 use std::path::{Path, PathBuf};
+use std::str::FromStr;
+
+/// A board's CPU architecture, by its Debian name (`amd64`, `arm64`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Arch {
+    Amd64,
+    Arm64,
+}
+
+impl Arch {
+    pub const ALL: [Arch; 2] = [Arch::Amd64, Arch::Arm64];
+
+    /// The Debian architecture name (`mmdebstrap --architectures`, package names).
+    pub fn debian(self) -> &'static str {
+        match self {
+            Arch::Amd64 => "amd64",
+            Arch::Arm64 => "arm64",
+        }
+    }
+
+    /// The GRUB platform (`grub-mkimage -O`).
+    pub fn grub_target(self) -> &'static str {
+        match self {
+            Arch::Amd64 => "x86_64-efi",
+            Arch::Arm64 => "arm64-efi",
+        }
+    }
+
+    /// The GPT partition type of a root partition (Discoverable Partitions Specification).
+    pub fn root_partition_type(self) -> &'static str {
+        match self {
+            Arch::Amd64 => "4F68BCE3-E8CD-4DB1-96E7-FBCAF984B709",
+            Arch::Arm64 => "B921B045-1DF0-41C3-AF44-4C6F280D3FAE",
+        }
+    }
+}
+
+impl fmt::Display for Arch {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.debian())
+    }
+}
+
+impl FromStr for Arch {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        Arch::ALL
+            .into_iter()
+            .find(|a| a.debian() == s)
+            .ok_or_else(|| format!("`{s}` is not supported (use amd64 or arm64)"))
+    }
+}
+
+/// The boot loader backend of a board: how the A/B boot state is stored and which slot boots.
+/// A new boot loader is a new variant here and one backend in `otter-boot`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Deserialize, Serialize)]
+pub enum Bootloader {
+    /// GRUB on UEFI, state in two GRUB environment blocks on the EFI system partition.
+    #[default]
+    #[serde(rename = "grub-efi")]
+    GrubEfi,
+}
+
+impl Bootloader {
+    pub const ALL: [Bootloader; 1] = [Bootloader::GrubEfi];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Bootloader::GrubEfi => "grub-efi",
+        }
+    }
+
+    pub fn is_grub_efi(&self) -> bool {
+        *self == Bootloader::GrubEfi
+    }
+}
+
+impl fmt::Display for Bootloader {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl FromStr for Bootloader {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        Bootloader::ALL
+            .into_iter()
+            .find(|b| b.name() == s)
+            .ok_or_else(|| format!("`{s}` is not supported (use grub-efi)"))
+    }
+}
 
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]
@@ -13,18 +107,36 @@ pub struct Board {
     #[serde(default)]
     pub description: String,
     /// Debian architecture (`amd64`, `arm64`).
-    pub arch: String,
+    pub arch: Arch,
     /// The kernel package installed into the root filesystem.
     pub kernel_package: String,
     /// Extra packages every image for this board needs (firmware, …).
     #[serde(default)]
     pub packages: Vec<String>,
     /// Boot loader backend. Only `grub-efi` for now.
-    pub bootloader: String,
+    pub bootloader: Bootloader,
     /// Kernel console arguments (`console=ttyS0,115200 console=tty0`).
     #[serde(default)]
     pub console: String,
     pub partitions: Partitions,
+}
+
+/// The file as written: `arch` and `bootloader` as strings, so that an unknown value is
+/// reported as `file: key `arch`: ...` rather than as a generic parse error.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BoardFile {
+    name: String,
+    #[serde(default)]
+    description: String,
+    arch: String,
+    kernel_package: String,
+    #[serde(default)]
+    packages: Vec<String>,
+    bootloader: String,
+    #[serde(default)]
+    console: String,
+    partitions: Partitions,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
@@ -41,7 +153,23 @@ pub struct Partitions {
 impl Board {
     /// Load and validate `path`.
     pub fn load(path: &Path) -> Result<Board> {
-        let board: Board = read_toml(path)?;
+        let f: BoardFile = read_toml(path)?;
+        let board = Board {
+            arch: f
+                .arch
+                .parse()
+                .map_err(|m| ConfigError::invalid(path, "arch", m))?,
+            bootloader: f
+                .bootloader
+                .parse()
+                .map_err(|m| ConfigError::invalid(path, "bootloader", m))?,
+            name: f.name,
+            description: f.description,
+            kernel_package: f.kernel_package,
+            packages: f.packages,
+            console: f.console,
+            partitions: f.partitions,
+        };
         board.validate(path)?;
         Ok(board)
     }
@@ -77,19 +205,13 @@ impl Board {
 
     /// The GRUB platform of this board's architecture.
     pub fn grub_target(&self) -> &'static str {
-        match self.arch.as_str() {
-            "arm64" => "arm64-efi",
-            _ => "x86_64-efi",
-        }
+        self.arch.grub_target()
     }
 
     /// The GPT partition type of a root partition for this architecture
     /// (Discoverable Partitions Specification).
     pub fn root_partition_type(&self) -> &'static str {
-        match self.arch.as_str() {
-            "arm64" => "B921B045-1DF0-41C3-AF44-4C6F280D3FAE",
-            _ => "4F68BCE3-E8CD-4DB1-96E7-FBCAF984B709",
-        }
+        self.arch.root_partition_type()
     }
 
     fn validate(&self, path: &Path) -> Result<()> {
@@ -102,20 +224,6 @@ impl Board {
                     "`{}` must equal the file name `{stem}` (boards are found by name)",
                     self.name
                 ),
-            ));
-        }
-        if !matches!(self.arch.as_str(), "amd64" | "arm64") {
-            return Err(ConfigError::invalid(
-                path,
-                "arch",
-                format!("`{}` is not supported (use amd64 or arm64)", self.arch),
-            ));
-        }
-        if self.bootloader != "grub-efi" {
-            return Err(ConfigError::invalid(
-                path,
-                "bootloader",
-                format!("`{}` is not supported (use grub-efi)", self.bootloader),
             ));
         }
         if self.kernel_package.trim().is_empty() {
@@ -250,6 +358,37 @@ data = "256M"
         ))
         .unwrap_err();
         assert!(e.to_string().contains("lots"), "{e}");
+    }
+
+    #[test]
+    fn unknown_arch_and_bootloader_name_value_and_file() {
+        let d = tempfile::tempdir().unwrap();
+        for (from, to, key, value) in [
+            ("arch = \"amd64\"", "arch = \"riscv64\"", "arch", "riscv64"),
+            (
+                "bootloader = \"grub-efi\"",
+                "bootloader = \"u-boot\"",
+                "bootloader",
+                "u-boot",
+            ),
+        ] {
+            let e = Board::load(&write(
+                d.path(),
+                "qemu-x86_64.toml",
+                &GOOD.replace(from, to),
+            ))
+            .unwrap_err()
+            .to_string();
+            assert!(
+                e.contains("qemu-x86_64.toml") && e.contains(key) && e.contains(value),
+                "{e}"
+            );
+        }
+        let b = Board::load(&write(d.path(), "qemu-x86_64.toml", GOOD)).unwrap();
+        assert_eq!((b.arch, b.bootloader), (Arch::Amd64, Bootloader::GrubEfi));
+        let arm = GOOD.replace("arch = \"amd64\"", "arch = \"arm64\"");
+        let b = Board::load(&write(d.path(), "qemu-x86_64.toml", &arm)).unwrap();
+        assert_eq!(b.grub_target(), "arm64-efi");
     }
 
     #[test]

@@ -3,7 +3,7 @@
 //! * `/usr/lib/otter/release.toml` ([`ReleaseInfo`]): what this root is.
 //! * `/usr/lib/otter/agent.toml` ([`AgentConfig`]): how the agent judges and handles updates.
 
-use crate::{ConfigError, Result, check_version, parse_toml, read_toml};
+use crate::{Bootloader, ConfigError, Result, check_version, parse_toml, read_toml};
 use serde::{Deserialize, Serialize};
 use std::path::Path;
 
@@ -20,6 +20,10 @@ pub struct ReleaseInfo {
     pub board: String,
     /// Unix seconds of the build (SOURCE_DATE_EPOCH when set).
     pub build_time: u64,
+    /// The board's boot loader, which the agent's boot backend must match. Left out for
+    /// `grub-efi` (images built before the key existed are GRUB images).
+    #[serde(default, skip_serializing_if = "Bootloader::is_grub_efi")]
+    pub bootloader: Bootloader,
 }
 
 impl ReleaseInfo {
@@ -162,6 +166,7 @@ mod tests {
             compatible: "demo-qemu-x86_64".into(),
             board: "qemu-x86_64".into(),
             build_time: 1700000000,
+            bootloader: crate::Bootloader::GrubEfi,
         };
         let back = ReleaseInfo::parse(Path::new("release.toml"), &r.to_toml()).unwrap();
         assert_eq!(back, r);

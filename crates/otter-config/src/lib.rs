@@ -18,7 +18,7 @@ pub mod project;
 mod size;
 pub mod template;
 
-pub use board::Board;
+pub use board::{Arch, Board, Bootloader};
 pub use device::{AgentConfig, HealthConfig, ReleaseInfo};
 pub use device_config::DeviceConfig;
 pub use project::Project;

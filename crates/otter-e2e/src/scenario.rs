@@ -15,7 +15,8 @@ pub fn workspace_root() -> PathBuf {
 }
 
 /// The release `otter` and `otterd` binaries: `$OTTER_BIN_DIR`, else `target/release`,
-/// built with cargo when missing.
+/// built with cargo when missing, or when that `otterd` lacks the `fault-injection` feature the
+/// power-cut scenarios use (`otterd --version` says `+fault-injection`).
 pub fn binaries() -> Result<(PathBuf, PathBuf)> {
     let dir = match std::env::var_os("OTTER_BIN_DIR") {
         Some(d) => PathBuf::from(d),
@@ -25,17 +26,37 @@ pub fn binaries() -> Result<(PathBuf, PathBuf)> {
         },
     };
     let (otter, otterd) = (dir.join("otter"), dir.join("otterd"));
-    if !otter.is_file() || !otterd.is_file() {
+    if !otter.is_file() || !has_fault_injection(&otterd) {
         let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
-            .args(["build", "--release", "-p", "otter", "-p", "otterd"])
+            .args(BUILD_ARGS)
             .current_dir(workspace_root())
             .status()
-            .context("running cargo build --release -p otter -p otterd")?;
+            .with_context(|| format!("running cargo {}", BUILD_ARGS.join(" ")))?;
         if !status.success() {
-            bail!("cargo build --release -p otter -p otterd failed");
+            bail!("cargo {} failed", BUILD_ARGS.join(" "));
         }
     }
     Ok((otter, otterd))
+}
+
+/// How the e2e images' binaries are built (scripts/test builds the same).
+pub const BUILD_ARGS: &[&str] = &[
+    "build",
+    "--release",
+    "-p",
+    "otter",
+    "-p",
+    "otterd",
+    "--features",
+    "otterd/fault-injection",
+];
+
+fn has_fault_injection(otterd: &Path) -> bool {
+    Command::new(otterd)
+        .arg("--version")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).contains("+fault-injection"))
+        .unwrap_or(false)
 }
 
 /// How one release differs from the plain demo image.

@@ -10,6 +10,7 @@
 //! Prints the figures: root image size, boot to the app serving, otterd's memory with five
 //! services. Runs when QEMU, OVMF, mmdebstrap, GRUB, root, podman, umoci, skopeo,
 //! busybox-static and docker-registry are available; skipped with a message otherwise.
+#![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
 
 use anyhow::{Context, Result, bail, ensure};
 use otter_e2e::registry::{GUEST_GET_8080, Registry, make_app_image};

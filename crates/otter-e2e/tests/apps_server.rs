@@ -8,6 +8,7 @@
 //!
 //! Runs when QEMU, OVMF, mmdebstrap, GRUB, root, podman, umoci, skopeo, busybox-static and
 //! docker-registry are available; skipped with a message otherwise.
+#![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
 
 use anyhow::{Result, ensure};
 use otter_e2e::fleet::FleetServer;

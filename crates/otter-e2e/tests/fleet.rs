@@ -2,6 +2,7 @@
 //! device config, a rollout of 1.1.0 reaches it, it updates and commits by itself, and the
 //! dashboard and `otter rollout status` show the rollout done; then a broken 1.2.0 (its kernel
 //! panics) is rolled back by the device and its rollout pauses itself.
+#![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
 
 use anyhow::{Result, ensure};
 use otter_e2e::fleet::FleetServer;

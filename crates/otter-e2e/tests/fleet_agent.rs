@@ -3,6 +3,7 @@
 //! the server's artifact URL with the device token, report every phase, commit only after the
 //! server was reached since boot, and report a rollback that pauses the rollout; a failed
 //! release is not retried.
+#![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
 
 use otter_boot::{BootState, GrubEnvStore, Slot};
 use otterd::Paths;

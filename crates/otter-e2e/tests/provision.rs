@@ -5,6 +5,7 @@
 //! after a reboot the machine-id, journal and settings persist and `otter-data` fills the disk.
 //!
 //! Runs when QEMU, OVMF, mmdebstrap, GRUB and root are available (CI installs them).
+#![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
 
 use anyhow::{Context, Result, bail, ensure};
 use otter_e2e::scenario::{Device, Variant, Workbench};

@@ -4,6 +4,7 @@
 //! Runs when QEMU, OVMF, mmdebstrap, GRUB and root are available (CI installs them); skipped
 //! with a message otherwise. One test function drives every scenario in sequence: VMs under
 //! TCG share two cores, and the builds are shared.
+#![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
 
 use anyhow::{Context, Result};
 use otter_e2e::scenario::{Device, Release, Variant, Workbench, guest_url, phase, serve};

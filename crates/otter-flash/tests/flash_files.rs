@@ -1,5 +1,6 @@
 //! Flashing into plain files standing in for drives: only mapped blocks are written, the bmap
 //! is found or given, compressed images stream, and verification catches a bad write.
+#![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
 
 use otter_flash::{FlashError, FlashPlan, Progress, Target, verify};
 use otter_image::bmap::{BLOCK_SIZE, Bmap};

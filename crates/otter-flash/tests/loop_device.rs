@@ -1,5 +1,6 @@
 //! Flashing a real block device: a loop device over a file. Needs root and `losetup`; skipped
 //! with a message otherwise.
+#![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
 
 use otter_flash::{FlashPlan, HostView, Target, check_device, resolve_target, verify};
 use std::fs::File;

@@ -148,6 +148,7 @@ pub fn build(p: &Project, o: &BuildOptions, log: &mut dyn FnMut(&str)) -> Result
         compatible: p.compatible(),
         board: p.board.name.clone(),
         build_time: epoch,
+        bootloader: p.board.bootloader,
     };
     let agent = AgentConfig {
         health: p.file.health.clone(),
@@ -313,12 +314,8 @@ fn write_disk(
     // 4. Boot partition: GRUB, its script, the A/B state.
     log("boot: GRUB and A/B state");
     let grub_efi = work.join("grub.efi");
-    otter_boot::build_grub_efi(&grub_efi, p.board.grub_target(), None)?;
-    let efi_name = if p.board.arch == "arm64" {
-        "BOOTAA64.EFI"
-    } else {
-        "BOOTX64.EFI"
-    };
+    otter_boot::build_grub_efi(&grub_efi, p.board.arch.grub_target(), None)?;
+    let efi_name = otter_boot::efi_binary_name(p.board.arch);
     let grub_cfg = otter_boot::grub_cfg(&otter_boot::GrubConfig {
         slot_a_partnum: 2,
         slot_b_partnum: 3,

@@ -52,7 +52,7 @@ pub const BASE_PACKAGES: &[&str] = &[
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct BaseRecipe {
     pub recipe: String,
-    pub arch: String,
+    pub arch: otter_config::Arch,
     pub suite: String,
     pub mirror: String,
     pub extra_sources: Vec<String>,
@@ -86,7 +86,7 @@ impl BaseRecipe {
             .collect();
         BaseRecipe {
             recipe: RECIPE_VERSION.into(),
-            arch: p.board.arch.clone(),
+            arch: p.board.arch,
             suite: d.suite.clone(),
             mirror: d.mirror.clone(),
             extra_sources,

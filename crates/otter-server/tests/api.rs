@@ -1,5 +1,6 @@
 //! The device and admin APIs end to end over HTTP, on SQLite (or PostgreSQL when
 //! `OTTER_TEST_POSTGRES` is set: see scripts/postgres).
+#![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
 
 mod common;
 

@@ -2,6 +2,7 @@
 //! validation, list, a phased rollout of an app release that devices' target states carry,
 //! reports that move it (applied and healthy) or pause it (rolled back), pins, and an OS
 //! rollout running beside an app rollout on the same device.
+#![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
 
 mod common;
 

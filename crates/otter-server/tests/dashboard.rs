@@ -2,6 +2,7 @@
 //! screenshots show the key elements (checked by their colours: the header, the phase progress
 //! bar's succeeded and failed parts, the version bars). Skipped with a message when chromium is
 //! not installed (CI installs it: apt-get install chromium).
+#![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
 
 mod common;
 

@@ -4,6 +4,7 @@
 //! itself, without a token; devices not targeted get no URL.
 //!
 //! One test in its own binary: it sets the `AWS_*` variables the `s3://` storage reads.
+#![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
 
 mod common;
 

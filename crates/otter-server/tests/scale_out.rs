@@ -2,6 +2,7 @@
 //! and one artifact store, as behind a load balancer: every request may land on either, and
 //! nothing depends on which one saw the previous request. With `OTTER_TEST_POSTGRES` set this is
 //! the PostgreSQL scale-out setup; without, two servers on one SQLite file.
+#![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
 
 mod common;
 

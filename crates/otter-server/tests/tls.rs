@@ -1,5 +1,6 @@
 //! HTTPS with --tls-cert/--tls-key (rustls): a self-signed certificate made with `openssl`,
 //! checked with `curl --cacert`. Skipped with a message when either tool is missing.
+#![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
 
 mod common;
 

@@ -1,5 +1,6 @@
 //! Simulated devices against a real server: a rollout advances while installs succeed and pauses
 //! itself when the simulated failure rate crosses the threshold.
+#![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
 
 use std::time::Duration;
 

@@ -92,6 +92,16 @@ impl Arch {
     }
 }
 
+/// The guest for a board's architecture (`arch` in `boards/*.toml`).
+impl From<otter_config::Arch> for Arch {
+    fn from(a: otter_config::Arch) -> Arch {
+        match a {
+            otter_config::Arch::Amd64 => Arch::X86_64,
+            otter_config::Arch::Arm64 => Arch::Aarch64,
+        }
+    }
+}
+
 impl fmt::Display for Arch {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {

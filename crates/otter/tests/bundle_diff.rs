@@ -1,4 +1,5 @@
 //! `otter bundle diff`: what a device on OLD downloads for NEW, for raw images and bundles.
+#![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
 
 use std::path::Path;
 use std::process::{Command, Output};

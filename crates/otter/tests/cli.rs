@@ -1,5 +1,6 @@
 //! The `otter` CLI as a user runs it: keys, bundle create/inspect/verify, and clear errors with a
 //! non-zero exit for bad input.
+#![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
 
 use std::path::Path;
 use std::process::{Command, Output};

@@ -1,6 +1,7 @@
 //! `otter configure` as a user runs it, on a small synthetic Otter image (GPT with the Otter
 //! partitions and a FAT boot partition holding the commented default device.toml, as
 //! `otter build` makes it): no root, mmdebstrap or QEMU needed.
+#![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
 
 use otter_config::DeviceConfig;
 use otter_config::device_config::{DEVICE_CONFIG_FAT_PATH, LogStorage};

@@ -1,4 +1,5 @@
 //! `otter flash` as a user runs it, into a file standing in for a drive, and the drive list.
+#![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
 
 use std::fs::File;
 use std::os::unix::fs::FileExt;

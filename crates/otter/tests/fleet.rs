@@ -1,5 +1,6 @@
 //! `otter server` and the fleet commands as a user runs them: start the server (zero config in a
 //! temporary folder), log in, upload a release, accept/tag/pin a device, run a rollout, read logs.
+#![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
 
 use std::io::{BufRead, BufReader};
 use std::path::Path;

@@ -1,51 +1,15 @@
 //! What the agent does at every boot, and the commit / rollback / reboot operations.
 
 use crate::health::{self, HealthReport};
-use crate::state::{Phase, SlotInfo, StateFile};
+pub use crate::lifecycle::Situation;
+use crate::lifecycle::{self, Effect, Input, Outcome};
+use crate::state::StateFile;
 use crate::{Paths, now};
-use anyhow::{Context, Result, bail};
-use otter_boot::Slot;
+use anyhow::{Context, Result};
+use otter_boot::{BootBackend, Slot};
 use otter_config::{AgentConfig, ReleaseInfo};
 use std::path::Path;
 use std::time::Duration;
-
-/// What the boot turned out to be.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Situation {
-    /// Running a committed slot; nothing to decide.
-    Normal { slot: Slot },
-    /// Running a slot on trial: health decides commit or rollback.
-    Trial { slot: Slot, version: String },
-    /// Back on the old slot (`slot`) after the update to `failed_version` did not come up
-    /// healthy; recorded.
-    RolledBack {
-        slot: Slot,
-        failed_version: String,
-        reason: String,
-    },
-}
-
-impl std::fmt::Display for Situation {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Situation::Normal { slot } => write!(f, "running committed slot {slot}"),
-            Situation::Trial { slot, version } => {
-                write!(
-                    f,
-                    "trial boot of {version} in slot {slot}: running health checks"
-                )
-            }
-            Situation::RolledBack {
-                slot,
-                failed_version,
-                reason,
-            } => write!(
-                f,
-                "update to {failed_version} rolled back, running slot {slot}: {reason}"
-            ),
-        }
-    }
-}
 
 /// The image's agent settings, with the device config's `[health]` overrides applied.
 pub fn load_agent_config(paths: &Paths) -> Result<AgentConfig> {
@@ -70,10 +34,10 @@ pub fn load_agent_config(paths: &Paths) -> Result<AgentConfig> {
 /// Work out what this boot is, record what happened since the last one, and repair the
 /// boot state (mark a slot that fell back as bad).
 pub fn reconcile(paths: &Paths) -> Result<Situation> {
-    let (booted, _try_flag) = paths.booted_slot()?;
+    let store = paths.boot()?;
+    let (booted, _try_flag) = store.booted()?;
     let release = ReleaseInfo::load(&paths.release)?;
-    let store = paths.boot_store();
-    let mut boot = match store.load() {
+    let boot = match store.load() {
         Ok((b, otter_boot::LoadSource::Primary)) => b,
         Ok((b, otter_boot::LoadSource::Backup)) => {
             // A power cut tore the primary copy; GRUB used the backup too. Make both whole.
@@ -81,7 +45,7 @@ pub fn reconcile(paths: &Paths) -> Result<Situation> {
             store.repair().context("repairing the boot state")?;
             b
         }
-        Err(otter_boot::BootError::NoValidState { .. }) if paths.boot_state_dir.is_dir() => {
+        Err(otter_boot::BootError::NoValidState { .. }) if store.state_home_present() => {
             // Both copies lost: GRUB booted its built-in default. The running slot is the only
             // one known to work.
             crate::log(&format!(
@@ -94,102 +58,37 @@ pub fn reconcile(paths: &Paths) -> Result<Situation> {
         Err(e) => return Err(e).context("reading the boot state"),
     };
     let file = StateFile::lock(&paths.state_dir)?;
-    let mut st = file.load()?;
-
-    let known = st.slots.get(&booted).map(|s| s.version.as_str());
-    if known != Some(release.version.as_str()) {
-        st.slots.insert(
-            booted,
-            SlotInfo {
-                version: release.version.clone(),
-                installed_at: release.build_time,
-                size: None,
-                sha256: None,
-            },
-        );
-    }
-    let booted_good = boot.slot(booted).good;
-    let mut situation = if booted_good {
-        Situation::Normal { slot: booted }
-    } else {
-        Situation::Trial {
-            slot: booted,
-            version: release.version.clone(),
-        }
+    let st = file.load()?;
+    let input = Input::Boot {
+        booted,
+        version: release.version.clone(),
+        build_time: release.build_time,
     };
+    let out = lifecycle::transition(&st, &boot, input, now())?;
+    apply(&file, store.as_ref(), &out, "writing the boot state")?;
+    out.situation
+        .context("the lifecycle gave no situation for a boot")
+}
 
-    let mut boot_changed = false;
-    if let Some(u) = st.update.as_mut() {
-        if u.slot == booted {
-            match u.phase {
-                Phase::Installed | Phase::Trying if !booted_good => {
-                    u.phase = Phase::Trying;
-                    u.updated_at = now();
-                }
-                // Committed in the boot state but the record did not follow (power cut).
-                Phase::Installed | Phase::Trying | Phase::Unhealthy if booted_good => {
-                    u.phase = Phase::Committed;
-                    u.updated_at = now();
-                }
-                _ => {}
-            }
-        } else {
-            match u.phase {
-                Phase::Installed | Phase::Trying | Phase::Unhealthy => {
-                    let reason = match (&u.phase, &u.reason) {
-                        (Phase::Unhealthy, Some(r)) => r.clone(),
-                        (Phase::Installed, _) => format!(
-                            "slot {} with {} did not come up: the boot loader fell back to slot {booted} \
-                             (kernel panic, hang or reset before the agent started)",
-                            u.slot, u.version
-                        ),
-                        _ => format!(
-                            "slot {} with {} was not committed (reset during its trial boot, before a commit \
-                             reached the boot state); the boot loader fell back to slot {booted}",
-                            u.slot, u.version
-                        ),
-                    };
-                    u.phase = Phase::RolledBack;
-                    u.reason = Some(reason.clone());
-                    u.updated_at = now();
-                    if boot.slot(u.slot).good
-                        || boot.slot(u.slot).tries > 0
-                        || boot.primary() != booted
-                    {
-                        boot.mark_bad(u.slot);
-                        boot_changed = true;
-                    }
-                    let (version, slot) = (u.version.clone(), u.slot);
-                    st.record("rolled_back", &version, slot, &reason);
-                    situation = Situation::RolledBack {
-                        slot: booted,
-                        failed_version: version,
-                        reason,
-                    };
-                }
-                Phase::Installing => {
-                    let reason =
-                        "the install was interrupted (power loss or crash while writing the slot)"
-                            .to_string();
-                    u.phase = Phase::Failed;
-                    u.reason = Some(reason.clone());
-                    u.updated_at = now();
-                    let (version, slot) = (u.version.clone(), u.slot);
-                    if boot.slot(slot).good || boot.slot(slot).tries > 0 {
-                        boot.mark_bad(slot);
-                        boot_changed = true;
-                    }
-                    st.record("install_failed", &version, slot, &reason);
-                }
-                _ => {}
-            }
+/// Carry out a transition's file writes in the order it gives. Returns whether it asks for a
+/// reboot, which the caller does after releasing the state lock.
+pub(crate) fn apply(
+    file: &StateFile,
+    store: &dyn BootBackend,
+    out: &Outcome,
+    boot_write: &str,
+) -> Result<bool> {
+    let mut reboot = false;
+    for e in &out.effects {
+        match e {
+            Effect::SaveRecord => file.save(&out.record)?,
+            Effect::StoreBoot => store
+                .store(&out.boot)
+                .with_context(|| boot_write.to_string())?,
+            Effect::Reboot => reboot = true,
         }
     }
-    if boot_changed {
-        store.store(&boot).context("writing the boot state")?;
-    }
-    file.save(&st)?;
-    Ok(situation)
+    Ok(reboot)
 }
 
 fn uptime() -> Duration {
@@ -242,86 +141,52 @@ pub fn run_trial(paths: &Paths, slot: Slot) -> Result<HealthReport> {
 
 /// Commit the booted slot (it becomes primary and good).
 pub fn commit(paths: &Paths, why: &str) -> Result<()> {
-    let (booted, _) = paths.booted_slot()?;
-    let store = paths.boot_store_for("commit");
-    let (mut boot, _) = store.load().context("reading the boot state")?;
+    let store = paths.boot_for("commit")?;
+    let (booted, _) = store.booted()?;
+    let (boot, _) = store.load().context("reading the boot state")?;
     let file = StateFile::lock(&paths.state_dir)?;
-    let mut st = file.load()?;
-    if boot.slot(booted).good && boot.primary() == booted {
-        bail!("slot {booted} is already committed");
-    }
-    boot.commit(booted);
-    store.store(&boot).context("writing the boot state")?;
-    let version = st
-        .slots
-        .get(&booted)
-        .map(|s| s.version.clone())
-        .unwrap_or_default();
-    if let Some(u) = st.update.as_mut()
-        && u.slot == booted
-    {
-        u.phase = Phase::Committed;
-        u.updated_at = now();
-    }
-    st.record("committed", &version, booted, why);
-    file.save(&st)
+    let st = file.load()?;
+    let input = Input::Commit {
+        booted,
+        why: why.to_string(),
+    };
+    let out = lifecycle::transition(&st, &boot, input, now())?;
+    apply(&file, store.as_ref(), &out, "writing the boot state")?;
+    Ok(())
 }
 
 fn mark_unhealthy_and_reboot(paths: &Paths, slot: Slot, reason: &str) -> Result<()> {
-    {
+    let do_reboot = {
+        let store = paths.boot()?;
         let file = StateFile::lock(&paths.state_dir)?;
-        let mut st = file.load()?;
-        // The reason is saved before the boot state changes, so it survives any power cut.
-        if let Some(u) = st.update.as_mut()
-            && u.slot == slot
-        {
-            u.phase = Phase::Unhealthy;
-            u.reason = Some(reason.to_string());
-            u.updated_at = now();
-        }
-        file.save(&st)?;
-        let store = paths.boot_store();
-        let (mut boot, _) = store.load().context("reading the boot state")?;
-        boot.mark_bad(slot);
-        store.store(&boot).context("writing the boot state")?;
+        let st = file.load()?;
+        let (boot, _) = store.load().context("reading the boot state")?;
+        let input = Input::HealthDeadline {
+            slot,
+            reason: reason.to_string(),
+        };
+        let out = lifecycle::transition(&st, &boot, input, now())?;
+        apply(&file, store.as_ref(), &out, "writing the boot state")?
+    };
+    if do_reboot {
+        reboot(paths)?;
     }
-    reboot(paths)
+    Ok(())
 }
 
 /// Go back to the other slot: a slot on trial is marked bad; a committed slot hands over to
 /// the other one if that holds a good system.
 pub fn rollback(paths: &Paths, do_reboot: bool) -> Result<String> {
-    let (booted, _) = paths.booted_slot()?;
-    let other = booted.other();
-    let store = paths.boot_store();
-    let (mut boot, _) = store.load().context("reading the boot state")?;
-    if !boot.slot(other).good {
-        bail!("slot {other} holds no committed system to roll back to");
-    }
-    let file = StateFile::lock(&paths.state_dir)?;
-    let mut st = file.load()?;
-    let version = st
-        .slots
-        .get(&other)
-        .map(|s| s.version.clone())
-        .unwrap_or_else(|| "unknown".into());
-    let msg = if boot.slot(booted).good {
-        boot.commit(other);
-        format!("slot {other} ({version}) is primary again")
-    } else {
-        if let Some(u) = st.update.as_mut()
-            && u.slot == booted
-        {
-            u.phase = Phase::Unhealthy;
-            u.reason = Some("rolled back by hand (otterd rollback)".into());
-            u.updated_at = now();
-        }
-        boot.mark_bad(booted);
-        format!("slot {booted} marked bad; slot {other} ({version}) boots next")
+    let store = paths.boot()?;
+    let (booted, _) = store.booted()?;
+    let (boot, _) = store.load().context("reading the boot state")?;
+    let msg = {
+        let file = StateFile::lock(&paths.state_dir)?;
+        let st = file.load()?;
+        let out = lifecycle::transition(&st, &boot, Input::Rollback { booted }, now())?;
+        apply(&file, store.as_ref(), &out, "writing the boot state")?;
+        out.message.unwrap_or_default()
     };
-    st.record("rollback_requested", &version, other, &msg);
-    file.save(&st)?;
-    store.store(&boot).context("writing the boot state")?;
     if do_reboot {
         reboot(paths)?;
     }
@@ -329,24 +194,7 @@ pub fn rollback(paths: &Paths, do_reboot: bool) -> Result<String> {
 }
 
 pub fn reboot(paths: &Paths) -> Result<()> {
-    if paths.test_mode {
-        std::fs::write(paths.state_dir.join("reboot-requested"), b"1")
-            .context("recording the reboot request")?;
-        return Ok(());
-    }
-    let _ = std::process::Command::new("sync").status();
-    let ok = std::process::Command::new("systemctl")
-        .arg("reboot")
-        .status()
-        .map(|s| s.success())
-        .unwrap_or(false);
-    if !ok {
-        std::process::Command::new("reboot")
-            .arg("-f")
-            .status()
-            .context("rebooting")?;
-    }
-    Ok(())
+    paths.host.reboot()
 }
 
 /// The long-running agent (systemd unit `otterd.service`).
@@ -378,7 +226,7 @@ pub fn daemon(paths: &Paths) -> Result<()> {
     crate::log(&situation.to_string());
     // Apps start whatever the boot is (a trial boot's apps may be what its checks test).
     crate::apps::spawn_boot(paths);
-    if !paths.test_mode {
+    if paths.host.is_device() {
         // The fleet client runs beside the trial: a trial boot must reach the server to commit.
         let p = paths.clone();
         std::thread::Builder::new()
@@ -403,7 +251,7 @@ pub fn daemon(paths: &Paths) -> Result<()> {
     stop_on_sigterm();
     crate::provision::preinit::save_clock(paths);
     if let Some(server) = crate::provision::effective_config(paths).server
-        && !paths.test_mode
+        && paths.host.is_device()
     {
         std::thread::spawn(move || {
             // The network may take a while; try for ten minutes, then leave it to NTP.

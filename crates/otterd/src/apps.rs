@@ -147,12 +147,8 @@ fn save_current(ap: &AppPaths, c: &Current) -> Result<()> {
     std::fs::create_dir_all(&ap.state_dir)
         .with_context(|| format!("creating {}", ap.state_dir.display()))?;
     let path = ap.state_dir.join("current.json");
-    let tmp = path.with_extension("json.tmp");
-    let f = std::fs::File::create(&tmp).with_context(|| format!("writing {}", tmp.display()))?;
-    serde_json::to_writer_pretty(&f, c)?;
-    f.sync_all()
-        .with_context(|| format!("syncing {}", tmp.display()))?;
-    std::fs::rename(&tmp, &path).with_context(|| format!("replacing {}", path.display()))
+    let text = serde_json::to_vec_pretty(c).context("serialising the applied apps")?;
+    crate::durable::replace(&path, &text, None)
 }
 
 /// The directory an applied app's relative paths resolve against (its compose file is
@@ -204,7 +200,7 @@ pub fn boot(paths: &Paths) -> Result<()> {
     if apps.is_empty() {
         return Ok(());
     }
-    if paths.test_mode {
+    if !paths.host.is_device() {
         log("apps: test mode, not starting containers");
         return Ok(());
     }

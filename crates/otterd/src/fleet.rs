@@ -10,7 +10,7 @@
 //! Logs work the same way with the journal's cursor: the journal (persistent or capped in RAM,
 //! `logging` in the device config) is the bounded queue.
 
-use crate::state::{AgentState, Phase, read_state};
+use crate::state::{AgentState, EventKind, Phase, read_state};
 use crate::{Paths, now};
 use anyhow::{Context, Result, bail};
 use ed25519_dalek::SigningKey;
@@ -19,8 +19,8 @@ use otter_client::{Call, blocking as fleet_client, device as device_api};
 use otter_config::device_config::Server;
 use otter_proto::{
     ApiError, AppApplyReport, AppOutcome, AppPhase, AppsReport, Challenge, EnrollRequest,
-    EnrollResponse, EnrollStatus, Health, LogBatch, LogEntry, RollbackEvent, ServiceReport,
-    StateReport, TargetApps, TargetState, UpdatePhase, UpdateReport,
+    EnrollResponse, EnrollStatus, LogBatch, LogEntry, RollbackEvent, ServiceReport, StateReport,
+    TargetApps, TargetState, UpdatePhase, UpdateReport,
 };
 use serde::{Deserialize, Serialize};
 use std::io::{BufRead, BufReader};
@@ -87,21 +87,38 @@ impl FleetState {
         paths.state_dir.join("fleet.json")
     }
 
+    /// The saved state; empty when there is none. A damaged file is set aside
+    /// (`fleet.json.corrupt-<time>`, logged) rather than overwritten: it holds the device token.
+    /// The agent then enrolls again with its device key (`device.key`, untouched), and the
+    /// token can be recovered from the kept copy by hand.
     pub fn load(paths: &Paths) -> FleetState {
-        std::fs::read(Self::path(paths))
-            .ok()
-            .and_then(|b| serde_json::from_slice(&b).ok())
-            .unwrap_or_default()
+        let p = Self::path(paths);
+        let bytes = match std::fs::read(&p) {
+            Ok(b) => b,
+            Err(e) => {
+                if e.kind() != std::io::ErrorKind::NotFound {
+                    crate::log(&format!(
+                        "cannot read {}: {e}; starting unenrolled",
+                        p.display()
+                    ));
+                }
+                return FleetState::default();
+            }
+        };
+        match serde_json::from_slice(&bytes) {
+            Ok(s) => s,
+            Err(e) => {
+                if let Err(err) = crate::durable::set_aside(&p, &e.to_string()) {
+                    crate::log(&format!("{err:#}"));
+                }
+                FleetState::default()
+            }
+        }
     }
 
     fn save(&self, paths: &Paths) -> Result<()> {
-        let p = Self::path(paths);
-        let tmp = p.with_extension("json.tmp");
         let text = serde_json::to_vec_pretty(self).context("serialising the fleet state")?;
-        std::fs::write(&tmp, text)
-            .and_then(|_| std::fs::File::open(&tmp)?.sync_all())
-            .with_context(|| format!("writing {}", tmp.display()))?;
-        std::fs::rename(&tmp, &p).with_context(|| format!("replacing {}", p.display()))
+        crate::durable::replace(&Self::path(paths), &text, None)
     }
 }
 
@@ -153,22 +170,7 @@ pub fn device_key(paths: &Paths) -> Result<SigningKey> {
             let key = SigningKey::generate(&mut rand::rngs::OsRng);
             std::fs::create_dir_all(&paths.state_dir)
                 .with_context(|| format!("creating {}", paths.state_dir.display()))?;
-            let tmp = p.with_extension("key.tmp");
-            {
-                use std::io::Write;
-                use std::os::unix::fs::OpenOptionsExt;
-                let mut f = std::fs::OpenOptions::new()
-                    .write(true)
-                    .create(true)
-                    .truncate(true)
-                    .mode(0o600)
-                    .open(&tmp)
-                    .with_context(|| format!("creating {}", tmp.display()))?;
-                f.write_all(hex::encode(key.to_bytes()).as_bytes())
-                    .and_then(|_| f.sync_all())
-                    .with_context(|| format!("writing {}", tmp.display()))?;
-            }
-            std::fs::rename(&tmp, &p).with_context(|| format!("creating {}", p.display()))?;
+            crate::durable::replace(&p, hex::encode(key.to_bytes()).as_bytes(), Some(0o600))?;
             Ok(key)
         }
         Err(e) => Err(e).with_context(|| format!("reading {}", p.display())),
@@ -296,14 +298,15 @@ impl Client {
             Ok((_, apps)) => apps,
             Err(_) => Vec::new(),
         };
-        let rows = if apps.is_empty() || (self.paths.test_mode && self.apps_runtime.is_none()) {
-            Vec::new()
-        } else {
-            let mut rt = self.take_runtime();
-            let rows = otter_apps::update::status(rt.as_mut(), &apps);
-            self.apps_runtime = Some(rt);
-            rows
-        };
+        let rows =
+            if apps.is_empty() || (!self.paths.host.is_device() && self.apps_runtime.is_none()) {
+                Vec::new()
+            } else {
+                let mut rt = self.take_runtime();
+                let rows = otter_apps::update::status(rt.as_mut(), &apps);
+                self.apps_runtime = Some(rt);
+                rows
+            };
         let out: Vec<ServiceReport> = rows.into_iter().map(service_report).collect();
         self.services = Some((std::time::Instant::now(), out.clone()));
         out
@@ -603,18 +606,7 @@ impl Client {
                 let pct = (p.done_bytes * 100).checked_div(p.total_bytes)?;
                 Some(pct.min(100) as u8)
             });
-            let phase = match u.phase {
-                Phase::Installing if u.progress.as_ref().is_some_and(|p| p.fetched_bytes > 0) => {
-                    UpdatePhase::Downloading
-                }
-                Phase::Installing => UpdatePhase::Installing,
-                Phase::Installed if self.state.reboot_pending => UpdatePhase::Installed,
-                Phase::Installed => UpdatePhase::Rebooting,
-                Phase::Trying | Phase::Unhealthy => UpdatePhase::Trying,
-                Phase::Committed => UpdatePhase::Committed,
-                Phase::RolledBack => UpdatePhase::RolledBack,
-                Phase::Failed => UpdatePhase::Failed,
-            };
+            let phase = crate::lifecycle::server_phase(u, self.state.reboot_pending);
             UpdateReport {
                 version: u.version.clone(),
                 phase,
@@ -632,13 +624,13 @@ impl Client {
             Some((t, ev, ver)) => st
                 .history
                 .iter()
-                .rposition(|e| e.time == *t && &e.event == ev && &e.version == ver)
+                .rposition(|e| e.time == *t && e.event.as_str() == ev && &e.version == ver)
                 .map(|i| i + 1)
                 .unwrap_or_else(|| st.history.iter().take_while(|e| e.time <= *t).count()),
         };
         let rollbacks = st.history[start.min(st.history.len())..]
             .iter()
-            .filter(|e| e.event == "rolled_back")
+            .filter(|e| e.event == EventKind::RolledBack)
             .map(|e| RollbackEvent {
                 version: e.version.clone(),
                 reason: e.detail.clone(),
@@ -648,13 +640,9 @@ impl Client {
         let cursor = st
             .history
             .last()
-            .map(|e| (e.time, e.event.clone(), e.version.clone()));
-        let health = match st.update.as_ref().map(|u| u.phase) {
-            Some(Phase::Trying) | Some(Phase::Installed) => None,
-            Some(Phase::Unhealthy) => Some(Health::Unhealthy),
-            _ if booted.is_some() => Some(Health::Healthy),
-            _ => None,
-        };
+            .map(|e| (e.time, e.event.to_string(), e.version.clone()));
+        let health =
+            crate::lifecycle::server_health(st.update.as_ref().map(|u| u.phase), booted.is_some());
         (
             StateReport {
                 os_version: release.map(|r| r.version),
@@ -906,7 +894,7 @@ impl Client {
 
     /// Upload journal lines since the last uploaded one (one batch).
     pub fn upload_logs(&mut self) -> Result<usize> {
-        if self.paths.test_mode {
+        if !self.paths.host.is_device() {
             return Ok(0);
         }
         let (entries, cursor) = read_journal(self.state.journal_cursor.as_deref(), LOG_BATCH)?;

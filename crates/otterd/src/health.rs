@@ -24,45 +24,40 @@ pub struct HealthReport {
     pub pending: bool,
 }
 
-fn systemctl(args: &[&str]) -> Option<String> {
-    let out = Command::new("systemctl").args(args).output().ok()?;
-    Some(String::from_utf8_lossy(&out.stdout).trim().to_string())
-}
-
 pub fn check(paths: &Paths, cfg: &HealthConfig) -> HealthReport {
     let mut failures = Vec::new();
     let mut pending = false;
 
-    if !paths.test_mode {
-        match systemctl(&["is-system-running"]).as_deref() {
-            Some("running") | Some("degraded") => {}
-            Some(s @ ("initializing" | "starting")) => {
-                pending = true;
-                failures.push(format!("systemd is still {s}"));
-            }
-            Some(other) => failures.push(format!("systemd state is `{other}`")),
-            None => failures.push("cannot run systemctl".to_string()),
+    // systemd: finished starting, and the health target's and configured units active.
+    let systemctl = |args: &[&str]| paths.host.systemctl(args);
+    match systemctl(&["is-system-running"]).as_deref() {
+        Some("running") | Some("degraded") => {}
+        Some(s @ ("initializing" | "starting")) => {
+            pending = true;
+            failures.push(format!("systemd is still {s}"));
         }
-        let mut units: Vec<String> =
-            systemctl(&["show", "-p", "Wants", "--value", "otter-health.target"])
-                .unwrap_or_default()
-                .split_whitespace()
-                .map(str::to_string)
-                .collect();
-        units.extend(cfg.units.iter().cloned());
-        units.sort();
-        units.dedup();
-        for u in units {
-            let state = systemctl(&["is-active", &u]).unwrap_or_default();
-            if state != "active" {
-                failures.push(format!("unit {u} is {state}"));
-            }
+        Some(other) => failures.push(format!("systemd state is `{other}`")),
+        None => failures.push("cannot run systemctl".to_string()),
+    }
+    let mut units: Vec<String> =
+        systemctl(&["show", "-p", "Wants", "--value", "otter-health.target"])
+            .unwrap_or_default()
+            .split_whitespace()
+            .map(str::to_string)
+            .collect();
+    units.extend(cfg.units.iter().cloned());
+    units.sort();
+    units.dedup();
+    for u in units {
+        let state = systemctl(&["is-active", &u]).unwrap_or_default();
+        if state != "active" {
+            failures.push(format!("unit {u} is {state}"));
         }
     }
 
     // The agent's own checks: it must be able to manage the next update.
-    if let Err(e) = paths.boot_store().load() {
-        failures.push(format!("boot state unreadable: {e}"));
+    if let Err(e) = paths.boot().and_then(|b| Ok(b.load()?)) {
+        failures.push(format!("boot state unreadable: {e:#}"));
     }
     let probe = paths.state_dir.join(".health-probe");
     if let Err(e) = std::fs::write(&probe, b"ok") {
@@ -77,7 +72,7 @@ pub fn check(paths: &Paths, cfg: &HealthConfig) -> HealthReport {
         paths,
         Duration::from_secs(cfg.check_timeout_secs),
     ));
-    if cfg.apps && !paths.test_mode {
+    if cfg.apps && paths.host.is_device() {
         match crate::apps::service_status(paths) {
             Ok(rows) => {
                 let (f, p) = app_failures(&rows);

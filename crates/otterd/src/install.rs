@@ -9,6 +9,8 @@
 //! install that wrote it, when that still describes the slot (version, size and SHA-256 as
 //! recorded in the state); else the slot is read and indexed.
 
+use crate::agent::apply;
+use crate::lifecycle::{self, Input};
 use crate::state::{DeltaInfo, Phase, Progress, SlotInfo, StateFile, Update};
 use crate::{Paths, now};
 use anyhow::{Context, Result, bail};
@@ -46,10 +48,10 @@ pub fn install(
     o: &InstallOptions,
     on_progress: &mut dyn FnMut(&Progress),
 ) -> Result<InstallOutcome> {
-    let (booted, _) = paths.booted_slot()?;
+    let store = paths.boot()?;
+    let (booted, _) = store.booted()?;
     let target = booted.other();
     let release = ReleaseInfo::load(&paths.release)?;
-    let store = paths.boot_store();
     let (boot, _) = store.load().context("reading the boot state")?;
     if !boot.slot(booted).good {
         bail!(
@@ -107,7 +109,7 @@ pub fn install(
     // An OS install and an app update never run at once.
     let _apps = crate::apps::exclusive(paths)?;
     let file = StateFile::lock(&paths.state_dir)?;
-    let mut st = file.load()?;
+    let st = file.load()?;
     // The running slot is the seed. Its saved index counts only if it describes what the state
     // says the slot holds.
     let seed_identity = st.slots.get(&booted).and_then(|info| {
@@ -124,7 +126,7 @@ pub fn install(
             .map(|id| (paths.slot_index(booted), id)),
     };
     let started_at = now();
-    st.update = Some(Update {
+    let update = Update {
         phase: Phase::Installing,
         version: version.clone(),
         slot: target,
@@ -136,16 +138,13 @@ pub fn install(
         progress: None,
         delta: None,
         reason: None,
-    });
-    st.slots.remove(&target);
-    st.record("install_started", &version, target, &o.source);
-    file.save(&st)?;
-
+    };
     // From here the target slot is about to change: the boot loader must not pick it, and its
     // saved index no longer describes it.
-    let (mut boot, _) = store.load().context("reading the boot state")?;
-    boot.mark_bad(target);
-    store.store(&boot).context("marking the target slot bad")?;
+    let (boot, _) = store.load().context("reading the boot state")?;
+    let out = lifecycle::transition(&st, &boot, Input::InstallStarted { update }, started_at)?;
+    apply(&file, store.as_ref(), &out, "marking the target slot bad")?;
+    let mut st = out.record;
     let target_index = paths.slot_index(target);
     match std::fs::remove_file(&target_index) {
         Ok(()) => {}
@@ -181,13 +180,13 @@ pub fn install(
         Ok(r) => r,
         Err(e) => {
             let reason = format!("{e:#}");
-            if let Some(u) = st.update.as_mut() {
-                u.phase = Phase::Failed;
-                u.reason = Some(reason.clone());
-                u.updated_at = now();
-            }
-            st.record("install_failed", &version, target, &reason);
-            file.save(&st)?;
+            let out = lifecycle::transition(
+                &st,
+                &boot_of(&*store)?,
+                Input::InstallFailed { reason },
+                now(),
+            )?;
+            apply(&file, store.as_ref(), &out, "writing the boot state")?;
             return Err(anyhow::Error::new(e).context(format!(
                 "installing {} into slot {target} ({})",
                 o.source,
@@ -221,22 +220,15 @@ pub fn install(
 
     // Verified: arm the trial boot.
     let tries = crate::agent::load_agent_config(paths)?.health.boot_tries;
-    let (mut boot, _) = store.load().context("reading the boot state")?;
-    boot.set_try(target, tries);
-    store.store(&boot).context("arming the trial boot")?;
-
-    st.slots.insert(
-        target,
-        SlotInfo {
+    let input = Input::InstallVerified {
+        info: SlotInfo {
             version: version.clone(),
             installed_at: now(),
             size: Some(image.size),
             sha256: Some(image.sha256.clone()),
         },
-    );
-    if let Some(u) = st.update.as_mut() {
-        u.phase = Phase::Installed;
-        u.progress = Some(Progress {
+        tries,
+        progress: Progress {
             stage: "done".into(),
             done_bytes: report.bytes_written,
             total_bytes: report.bytes_written,
@@ -244,12 +236,11 @@ pub fn install(
             fetch_total: report.bytes_fetched,
             reused_bytes: report.bytes_reused,
             verified_bytes: report.bytes_written,
-        });
-        u.delta = Some(delta.clone());
-        u.updated_at = now();
-    }
-    st.record("installed", &version, target, "reboot to try it");
-    file.save(&st)?;
+        },
+        delta: delta.clone(),
+    };
+    let out = lifecycle::transition(&st, &boot_of(&*store)?, input, now())?;
+    apply(&file, store.as_ref(), &out, "arming the trial boot")?;
     Ok(InstallOutcome {
         version,
         slot: target,
@@ -259,6 +250,10 @@ pub fn install(
         seconds: report.seconds,
         peak_rss_kib: peak_rss_kib(),
     })
+}
+
+fn boot_of(store: &dyn otter_boot::BootBackend) -> Result<otter_boot::BootState> {
+    Ok(store.load().context("reading the boot state")?.0)
 }
 
 fn progress_of(p: &otter_bundle::Progress) -> Progress {

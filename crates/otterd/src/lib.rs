@@ -3,7 +3,10 @@
 //! * [`agent`]: what happens at every boot: find the booted slot, notice a fallback, run the
 //!   health checks of a trial boot, then commit or mark bad and reboot.
 //! * [`install`]: install a signed bundle into the other slot and arm a trial boot.
+//! * [`lifecycle`]: the update lifecycle as one pure transition function; the rest carry
+//!   out its effects.
 //! * [`state`]: the agent's record of updates, kept on the data partition.
+//! * [`host`]: the device's side effects (reboot, systemd, chown), real or fake.
 //! * [`health`]: the health checks.
 //! * [`provision`]: the device config rendered into `/etc`, at boot and at runtime.
 //! * [`fleet`]: the fleet server client: enroll, poll, install what is targeted, report, logs.
@@ -11,9 +14,14 @@
 
 pub mod agent;
 pub mod apps;
+pub mod durable;
+#[cfg(feature = "fault-injection")]
+pub mod fault;
 pub mod fleet;
 pub mod health;
+pub mod host;
 pub mod install;
+pub mod lifecycle;
 pub mod notify;
 pub mod paths;
 pub mod provision;

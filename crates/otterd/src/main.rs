@@ -6,8 +6,14 @@ use otterd::{Paths, agent, install, provision, status};
 use std::io::{IsTerminal, Write};
 use std::process::ExitCode;
 
+/// `otterd --version`; a build with fault injection says so (the e2e harness checks it).
+#[cfg(not(feature = "fault-injection"))]
+const VERSION: &str = env!("CARGO_PKG_VERSION");
+#[cfg(feature = "fault-injection")]
+const VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), " +fault-injection");
+
 #[derive(Parser)]
-#[command(name = "otterd", version, about = "Otter device agent")]
+#[command(name = "otterd", version = VERSION, about = "Otter device agent")]
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,

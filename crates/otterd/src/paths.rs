@@ -1,9 +1,12 @@
 //! Where the agent finds things. On a device these are fixed; `OTTERD_ROOT` moves all of them
 //! under one directory so the whole agent can be tested on files standing for partitions.
 
-use anyhow::{Context, Result, bail};
-use otter_boot::Slot;
+use crate::host::{FakeHost, Host, RealHost};
+use anyhow::{Context, Result};
+use otter_boot::{BootBackend, Slot};
+use otter_config::{Bootloader, ReleaseInfo};
 use std::path::PathBuf;
+use std::sync::Arc;
 
 #[derive(Debug, Clone)]
 pub struct Paths {
@@ -31,8 +34,10 @@ pub struct Paths {
     pub run_dir: PathBuf,
     pub home_dir: PathBuf,
     pub zoneinfo_dir: PathBuf,
-    /// Test mode: no systemd; a reboot is recorded in `state_dir/reboot-requested`.
-    pub test_mode: bool,
+    /// The device's side effects: [`RealHost`](crate::host::RealHost) on a device, a
+    /// [`FakeHost`](crate::host::FakeHost) under `OTTERD_ROOT` (no systemd; a reboot is
+    /// recorded in `state_dir/reboot-requested`).
+    pub host: Arc<dyn Host>,
 }
 
 impl Paths {
@@ -54,7 +59,7 @@ impl Paths {
             run_dir: "/run/otter".into(),
             home_dir: "/data/home".into(),
             zoneinfo_dir: "/usr/share/zoneinfo".into(),
-            test_mode: false,
+            host: Arc::new(RealHost),
         }
     }
 
@@ -67,7 +72,7 @@ impl Paths {
         }
     }
 
-    /// Every path below `r`, in test mode.
+    /// Every path below `r`, with a fake host.
     pub fn under(r: &std::path::Path) -> Paths {
         Paths {
             boot_state_dir: r.join("boot/efi/otter"),
@@ -86,7 +91,7 @@ impl Paths {
             run_dir: r.join("run/otter"),
             home_dir: r.join("data/home"),
             zoneinfo_dir: r.join("usr/share/zoneinfo"),
-            test_mode: true,
+            host: Arc::new(FakeHost::new(&r.join("var/lib/otter"))),
         }
     }
 
@@ -104,56 +109,42 @@ impl Paths {
             .join(format!("slot-{}.index", s.to_string().to_lowercase()))
     }
 
-    /// The slot the running system booted from, and whether GRUB marked it as a trial boot.
+    /// The slot the running system booted from, and whether the boot loader marked it as a trial
+    /// boot.
     pub fn booted_slot(&self) -> Result<(Slot, bool)> {
-        let cmdline = std::fs::read_to_string(&self.cmdline)
-            .with_context(|| format!("reading {}", self.cmdline.display()))?;
-        match otter_boot::parse_booted_slot(&cmdline) {
-            Some(s) => Ok(s),
-            None => bail!(
-                "this system was not booted by Otter's boot loader ({} has no otter.slot=)",
-                self.cmdline.display()
-            ),
-        }
+        Ok(self.boot()?.booted()?)
     }
 
-    /// The boot state store.
-    pub fn boot_store(&self) -> otter_boot::GrubEnvStore {
-        otter_boot::GrubEnvStore::new(&self.boot_state_dir)
+    /// The boot loader of this image (`release.toml`), which picks the boot backend.
+    pub fn bootloader(&self) -> Result<Bootloader> {
+        Ok(ReleaseInfo::load(&self.release)
+            .context("finding the boot loader of this image")?
+            .bootloader)
     }
 
-    /// The boot state store for operation `op` (`commit`, `install`), with a test fault
-    /// injected if one is armed for that operation.
-    pub fn boot_store_for(&self, op: &str) -> otter_boot::GrubEnvStore {
-        let store = self.boot_store();
-        match self.fault(op) {
-            Some(f) => store.with_fault(f),
-            None => store,
-        }
+    /// The boot backend: the one place otterd turns the image's boot loader into the code that
+    /// reads and writes its state.
+    pub fn boot(&self) -> Result<Box<dyn BootBackend>> {
+        self.boot_with()
     }
 
-    /// Test-only fault injection for the end-to-end suite: the file `state_dir/fault` holding
-    /// `OP:hang-after-primary` or `OP:torn-primary` makes the next boot-state write of
-    /// operation OP stop there. The file is consumed, so the boot after the simulated power
-    /// cut runs normally.
-    pub fn fault(&self, op: &str) -> Option<otter_boot::Fault> {
-        let path = self.state_dir.join("fault");
-        let text = std::fs::read_to_string(&path).ok()?;
-        let text = text.trim().strip_prefix(op)?.strip_prefix(':')?.to_string();
-        let used = self.state_dir.join("fault.used");
-        std::fs::rename(&path, &used).ok()?;
-        if let Ok(f) = std::fs::File::open(&self.state_dir) {
-            let _ = f.sync_all();
-        }
-        let fault = match text.trim() {
-            "hang-after-primary" => otter_boot::Fault::HangAfterPrimary,
-            "torn-primary" => otter_boot::Fault::TornPrimary,
-            _ => return None,
+    /// The boot backend for operation `op` (`commit`, `install`). Built with the
+    /// `fault-injection` feature (end-to-end test images only), a fault armed for `op` in
+    /// `state_dir/fault` wraps it ([`crate::fault`]).
+    pub fn boot_for(&self, op: &str) -> Result<Box<dyn BootBackend>> {
+        let backend = self.boot()?;
+        #[cfg(feature = "fault-injection")]
+        let backend = crate::fault::wrap(self, op, backend);
+        #[cfg(not(feature = "fault-injection"))]
+        let _ = op;
+        Ok(backend)
+    }
+
+    fn boot_with(&self) -> Result<Box<dyn BootBackend>> {
+        let paths = otter_boot::BackendPaths {
+            state_dir: self.boot_state_dir.clone(),
+            cmdline: self.cmdline.clone(),
         };
-        crate::log(&format!(
-            "fault injected: {}: the next boot-state write stops midway",
-            text.trim()
-        ));
-        Some(fault)
+        Ok(otter_boot::backend::open(self.bootloader()?, &paths))
     }
 }

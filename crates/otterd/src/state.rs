@@ -4,12 +4,12 @@
 //! Boot-loader state (which slot boots) lives on the boot partition and is the truth for
 //! booting; this file is the truth for *why*: versions, errors, rollback reasons.
 
+pub use crate::lifecycle::EventKind;
 use anyhow::{Context, Result};
 use otter_boot::Slot;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::fs::File;
-use std::io::Write;
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 
@@ -117,7 +117,7 @@ pub struct SlotInfo {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Event {
     pub time: u64,
-    pub event: String,
+    pub event: EventKind,
     pub version: String,
     pub slot: Slot,
     #[serde(default, skip_serializing_if = "String::is_empty")]
@@ -135,10 +135,21 @@ pub struct AgentState {
 }
 
 impl AgentState {
-    pub fn record(&mut self, event: &str, version: &str, slot: Slot, detail: &str) {
+    pub fn record(&mut self, event: EventKind, version: &str, slot: Slot, detail: &str) {
+        self.record_at(crate::now(), event, version, slot, detail);
+    }
+
+    pub fn record_at(
+        &mut self,
+        time: u64,
+        event: EventKind,
+        version: &str,
+        slot: Slot,
+        detail: &str,
+    ) {
         self.history.push(Event {
-            time: crate::now(),
-            event: event.to_string(),
+            time,
+            event,
             version: version.to_string(),
             slot,
             detail: detail.to_string(),
@@ -182,27 +193,29 @@ impl StateFile {
         })
     }
 
+    /// The record. A damaged file is set aside ([`crate::durable::set_aside`]) and the agent
+    /// starts from an empty record: the boot state stays the truth for booting, the next boot's
+    /// reconcile re-learns the running slot's version, and the damaged file is kept for the
+    /// operator. (`otterd status` uses [`read_state`], which reports the damage instead.)
     pub fn load(&self) -> Result<AgentState> {
-        read_state(&self.path)
+        match read_state(&self.path) {
+            Err(e) if self.path.exists() && is_damage(&e) => {
+                crate::durable::set_aside(&self.path, &format!("{:#}", e.root_cause()))?;
+                Ok(AgentState::default())
+            }
+            r => r,
+        }
     }
 
-    /// Atomic replace: temp file, fsync, rename, fsync the directory.
+    /// Durable replace ([`crate::durable::replace`]).
     pub fn save(&self, s: &AgentState) -> Result<()> {
-        let tmp = self.path.with_extension("json.tmp");
         let text = serde_json::to_vec_pretty(s).context("serialising agent state")?;
-        let mut f = File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
-        f.write_all(&text)
-            .and_then(|_| f.sync_all())
-            .with_context(|| format!("writing {}", tmp.display()))?;
-        std::fs::rename(&tmp, &self.path)
-            .with_context(|| format!("replacing {}", self.path.display()))?;
-        if let Some(dir) = self.path.parent()
-            && let Ok(d) = File::open(dir)
-        {
-            let _ = d.sync_all();
-        }
-        Ok(())
+        crate::durable::replace(&self.path, &text, None)
     }
+}
+
+fn is_damage(e: &anyhow::Error) -> bool {
+    e.root_cause().downcast_ref::<serde_json::Error>().is_some()
 }
 
 /// Read the state without locking (for `status`). A missing file is an empty state.
@@ -239,13 +252,28 @@ mod tests {
             },
         );
         for i in 0..60 {
-            s.record("x", &format!("1.0.{i}"), Slot::B, "");
+            s.record(EventKind::Committed, &format!("1.0.{i}"), Slot::B, "");
         }
         f.save(&s).unwrap();
         let back = f.load().unwrap();
         assert_eq!(back.history.len(), HISTORY_MAX);
         assert_eq!(back.history.last().unwrap().version, "1.0.59");
         assert_eq!(back, s);
+    }
+
+    #[test]
+    fn damaged_state_is_set_aside_by_the_agent() {
+        let d = tempfile::tempdir().unwrap();
+        std::fs::write(d.path().join("state.json"), "{nope").unwrap();
+        let f = StateFile::lock(d.path()).unwrap();
+        assert_eq!(f.load().unwrap(), AgentState::default());
+        let aside: Vec<_> = std::fs::read_dir(d.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| n.starts_with("state.json.corrupt-"))
+            .collect();
+        assert_eq!(aside.len(), 1);
+        assert!(!d.path().join("state.json").exists());
     }
 
     #[test]

@@ -91,10 +91,10 @@ pub fn status(paths: &Paths) -> Result<Status> {
             None
         }
     };
-    let boot = match paths.boot_store().load() {
+    let boot = match paths.boot().and_then(|b| Ok(b.load()?)) {
         Ok((b, _)) => Some(b),
         Err(e) => {
-            errors.push(format!("boot state: {e}"));
+            errors.push(format!("boot state: {e:#}"));
             None
         }
     };

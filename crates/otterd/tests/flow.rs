@@ -1,6 +1,7 @@
 //! The agent's whole update flow on files standing for the device (OTTERD_ROOT layout):
 //! install → trial boot → commit, fallback → rollback recorded, and bad bundles refused with
 //! nothing written.
+#![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
 
 use otter_boot::{BootState, GrubEnvStore, Slot};
 use otterd::Paths;

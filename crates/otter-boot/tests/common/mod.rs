@@ -1,3 +1,4 @@
+#![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
 /// Skips a test whose tool is missing, with a message; with `OTTER_REQUIRE_TOOLS=1` (CI, once
 /// it installs grub-common, grub-efi-amd64-bin and grub-emu) a missing tool fails the test instead.
 pub fn skip(msg: &str) {

@@ -1,4 +1,5 @@
 //! Shared helpers for the integration tests: generated images, keys, slots, a tiny HTTP server.
+#![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
 #![allow(dead_code)]
 
 use std::fs;

@@ -1,6 +1,6 @@
 //! Test harness: a server on 127.0.0.1 (SQLite in a temporary folder, or a fresh PostgreSQL
 //! database when `OTTER_TEST_POSTGRES` holds a URL), devices with Ed25519 keys, bundles.
-
+#![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
 #![allow(dead_code)]
 
 use std::path::{Path, PathBuf};

@@ -109,21 +109,13 @@ pub fn write_atomic(path: &Path, content: &[u8], mode: u32) -> Result<()> {
         std::fs::create_dir_all(parent)
             .with_context(|| format!("creating {}", parent.display()))?;
     }
-    let tmp = path.with_extension("otter-tmp");
-    std::fs::write(&tmp, content).with_context(|| format!("writing {}", tmp.display()))?;
-    std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(mode))
-        .with_context(|| format!("chmod {}", tmp.display()))?;
-    let f = std::fs::File::open(&tmp).with_context(|| format!("opening {}", tmp.display()))?;
-    f.sync_all()
-        .with_context(|| format!("syncing {}", tmp.display()))?;
     if path.symlink_metadata().map(|m| m.is_dir()).unwrap_or(false) {
         anyhow::bail!(
             "{} is a directory; cannot replace it with a file",
             path.display()
         );
     }
-    std::fs::rename(&tmp, path).with_context(|| format!("replacing {}", path.display()))?;
-    Ok(())
+    crate::durable::replace(path, content, Some(mode))
 }
 
 fn current_matches(path: &Path, e: &Entry) -> bool {
@@ -212,10 +204,10 @@ pub fn write_rendered(paths: &Paths, r: &Rendered) -> Result<Vec<String>> {
                 .with_context(|| format!("creating home directory {}", home.display()))?;
             std::fs::set_permissions(&home, std::fs::Permissions::from_mode(0o750))
                 .with_context(|| format!("chmod {}", home.display()))?;
-            if !paths.test_mode {
-                std::os::unix::fs::chown(&home, Some(*uid), Some(*gid))
-                    .with_context(|| format!("chown {}", home.display()))?;
-            }
+            paths
+                .host
+                .chown(&home, *uid, *gid)
+                .with_context(|| format!("chown {}", home.display()))?;
         }
     }
     Ok(changed)
@@ -329,10 +321,6 @@ pub fn actions_for(changed: &[String]) -> Vec<&'static str> {
 fn restart_affected(paths: &Paths, cfg: &DeviceConfig, changed: &[String]) -> Vec<String> {
     let mut done = Vec::new();
     for act in actions_for(changed) {
-        if paths.test_mode {
-            done.push(act.to_string());
-            continue;
-        }
         let ok = match act {
             "hostname" => {
                 let name = cfg
@@ -344,15 +332,16 @@ fn restart_affected(paths: &Paths, cfg: &DeviceConfig, changed: &[String]) -> Ve
                             .map(|s| s.trim().to_string())
                     })
                     .unwrap_or_default();
-                set_hostname(&name)
+                paths.host.set_hostname(&name)
             }
             "udev-rules" => {
-                run(&["udevadm", "control", "--reload"]) && run(&["udevadm", "trigger"])
+                paths.host.run(&["udevadm", "control", "--reload"])
+                    && paths.host.run(&["udevadm", "trigger"])
             }
-            "daemon-reexec" => run(&["systemctl", "daemon-reexec"]),
+            "daemon-reexec" => paths.host.run(&["systemctl", "daemon-reexec"]),
             "wifi-regdom" => {
                 let cc = cfg.country.as_deref().unwrap_or("00");
-                if run(&["iw", "reg", "set", cc]) {
+                if paths.host.run(&["iw", "reg", "set", cc]) {
                     true
                 } else {
                     log(&format!(
@@ -361,8 +350,8 @@ fn restart_affected(paths: &Paths, cfg: &DeviceConfig, changed: &[String]) -> Ve
                     continue;
                 }
             }
-            "ssh.service" => run(&["systemctl", "reload-or-restart", act]),
-            unit => run(&["systemctl", "try-restart", unit]),
+            "ssh.service" => paths.host.run(&["systemctl", "reload-or-restart", act]),
+            unit => paths.host.run(&["systemctl", "try-restart", unit]),
         };
         if ok {
             done.push(act.to_string());
@@ -373,23 +362,6 @@ fn restart_affected(paths: &Paths, cfg: &DeviceConfig, changed: &[String]) -> Ve
         }
     }
     done
-}
-
-fn run(argv: &[&str]) -> bool {
-    std::process::Command::new(argv[0])
-        .args(&argv[1..])
-        .status()
-        .map(|s| s.success())
-        .unwrap_or(false)
-}
-
-fn set_hostname(name: &str) -> bool {
-    if name.is_empty() {
-        return false;
-    }
-    // SAFETY: sethostname reads `len` bytes from a valid buffer.
-    let rc = unsafe { libc::sethostname(name.as_ptr().cast(), name.len()) };
-    rc == 0
 }
 
 /// `otterd config apply`: read the file from the mounted boot partition and apply it.
