@@ -1,0 +1,49 @@
+//! Findings of the outside security review (issue 14, part 4): each test failed before its fix.
+
+mod common;
+
+use common::*;
+
+/// Finding 1: the loser of two concurrent uploads of one bundle must not delete the winner's
+/// stored artifact.
+#[test]
+fn concurrent_uploads_of_one_bundle_keep_the_artifact() {
+    let s = start(|_| {});
+    let releases = s.dir.path().join("data/artifacts/releases");
+    for round in 0..4 {
+        let version = format!("1.0.{round}");
+        let bundle = s.bundle(&version, "race");
+        let bytes = std::fs::read(&bundle).unwrap();
+        let statuses: Vec<u16> = std::thread::scope(|sc| {
+            let hs: Vec<_> = (0..6)
+                .map(|_| sc.spawn(|| s.upload(&bundle).status))
+                .collect();
+            hs.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        assert_eq!(
+            statuses.iter().filter(|&&st| st == 201).count(),
+            1,
+            "{statuses:?}"
+        );
+        assert!(
+            statuses.iter().all(|&st| st == 201 || st == 409),
+            "{statuses:?}"
+        );
+        let list = s.admin_get("/api/v1/admin/releases").json();
+        let rel = list
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["version"] == version.as_str())
+            .unwrap()
+            .clone();
+        let id = rel["id"].as_str().unwrap();
+        let stored: Vec<_> = std::fs::read_dir(&releases)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.file_name().unwrap().to_string_lossy().starts_with(id))
+            .collect();
+        assert_eq!(stored.len(), 1, "round {round}: {stored:?}");
+        assert_eq!(std::fs::read(&stored[0]).unwrap(), bytes, "round {round}");
+    }
+}
