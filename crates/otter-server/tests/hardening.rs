@@ -47,3 +47,33 @@ fn concurrent_uploads_of_one_bundle_keep_the_artifact() {
         assert_eq!(std::fs::read(&stored[0]).unwrap(), bytes, "round {round}");
     }
 }
+
+fn assert_json_error(r: &Resp, status: u16, code: &str) {
+    assert_eq!(
+        (r.status, r.error_code().as_str()),
+        (status, code),
+        "{}",
+        String::from_utf8_lossy(&r.bytes)
+    );
+    assert!(!r.json()["message"].as_str().unwrap_or("").is_empty());
+}
+
+/// Finding 6 and 8: out-of-range and malformed query parameters get 400 with a JSON body.
+#[test]
+fn bad_query_parameters_get_json_400() {
+    let s = start(|_| {});
+    let r = s.admin_get("/api/v1/admin/devices?limit=9223372036854775808");
+    assert_json_error(&r, 400, "invalid_filter");
+    for q in [
+        "/api/v1/admin/devices?limit=-1",
+        "/api/v1/admin/devices?limit=abc",
+        "/api/v1/admin/devices?limit=99999999999999999999999",
+        "/api/v1/admin/devices?online=maybe",
+        "/api/v1/admin/audit?limit=x",
+        "/api/v1/admin/devices/x/logs?after=9223372036854775808",
+    ] {
+        let r = s.admin_get(q);
+        assert_json_error(&r, 400, "invalid_query");
+    }
+    assert_eq!(s.admin_get("/api/v1/admin/devices?limit=5").status, 200);
+}

@@ -103,3 +103,40 @@ impl FromRequestParts<AppState> for DeviceAuth {
         })
     }
 }
+
+/// `axum::extract::Query` whose rejection is a JSON `ApiError` (400 `invalid_query`) naming
+/// the parameter, instead of axum's `400 text/plain`.
+pub struct Query<T>(pub T);
+
+impl<T, S> FromRequestParts<S> for Query<T>
+where
+    T: serde::de::DeserializeOwned,
+    S: Send + Sync,
+{
+    type Rejection = ApiErr;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> ApiResult<Self> {
+        match axum::extract::Query::<T>::from_request_parts(parts, state).await {
+            Ok(axum::extract::Query(v)) => Ok(Query(v)),
+            Err(e) => Err(ApiErr::bad_request("invalid_query", e.body_text())),
+        }
+    }
+}
+
+/// `axum::extract::Path` whose rejection is a JSON `ApiError` (400 `invalid_path`).
+pub struct Path<T>(pub T);
+
+impl<T, S> FromRequestParts<S> for Path<T>
+where
+    T: serde::de::DeserializeOwned + Send,
+    S: Send + Sync,
+{
+    type Rejection = ApiErr;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> ApiResult<Self> {
+        match axum::extract::Path::<T>::from_request_parts(parts, state).await {
+            Ok(axum::extract::Path(v)) => Ok(Path(v)),
+            Err(e) => Err(ApiErr::bad_request("invalid_path", e.body_text())),
+        }
+    }
+}

@@ -117,7 +117,7 @@ pub fn document() -> Value {
                 "responses": {"200": {"description": "whole bundle"}, "206": {"description": "the range"},
                               "403": {"description": "not targeted at this device"}}}},
             "/api/v1/admin/whoami": {"get": op("who the token belongs to", adm, None, ("200", Some("WhoAmI")))},
-            "/api/v1/admin/devices": {"get": op("devices (filters: status, compatible, version, tag, online, q, limit)", adm, None, ("200", Some("DeviceList")))},
+            "/api/v1/admin/devices": {"get": op("devices (filters: status, compatible, version, tag, online, q, limit 0 to 1000000)", adm, None, ("200", Some("DeviceList")))},
             "/api/v1/admin/devices/{id}": {"get": op("one device with its history", adm, None, ("200", Some("Device")))},
             "/api/v1/admin/devices/{id}/accept": {"post": op("accept", adm, None, ("200", Some("Device")))},
             "/api/v1/admin/devices/{id}/reject": {"post": op("reject (revokes tokens)", adm, None, ("200", Some("Device")))},

@@ -74,6 +74,9 @@ pub struct DeviceFilter {
     pub limit: Option<usize>,
 }
 
+/// The largest `limit` a device listing accepts.
+pub const MAX_DEVICE_LIMIT: usize = 1_000_000;
+
 pub async fn query(db: &Db, f: &DeviceFilter, online_ms: i64) -> ApiResult<Vec<Device>> {
     let mut sql = format!("{DEVICE_SELECT} WHERE 1 = 1");
     let mut args: Vec<String> = Vec::new();
@@ -97,6 +100,12 @@ pub async fn query(db: &Db, f: &DeviceFilter, online_ms: i64) -> ApiResult<Vec<D
     }
     sql.push_str(" ORDER BY d.enrolled_at, d.id");
     let limit = f.limit.unwrap_or(1000);
+    if limit > MAX_DEVICE_LIMIT {
+        return Err(ApiErr::bad_request(
+            "invalid_filter",
+            format!("limit {limit}: use 0 to {MAX_DEVICE_LIMIT}"),
+        ));
+    }
     // Without filters applied below, the database stops at the limit.
     if f.tag.is_none() && f.online.is_none() && f.q.is_none() {
         sql.push_str(&format!(" LIMIT {limit}"));
