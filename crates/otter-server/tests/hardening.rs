@@ -77,3 +77,53 @@ fn bad_query_parameters_get_json_400() {
     }
     assert_eq!(s.admin_get("/api/v1/admin/devices?limit=5").status, 200);
 }
+
+/// Finding 12: arrays are not objects, `limit=0` means none, `bearer` is `Bearer`.
+#[test]
+fn arrays_limit_zero_and_bearer_case() {
+    use serde_json::json;
+    let s = start(|_| {});
+    let key = s.enrollment_key("k");
+    let mut a = device(1, "b");
+    s.enrolled(&mut a, &key);
+    let r = s.report(&a, &json!([]));
+    assert_json_error(&r, 422, "invalid_body");
+    assert!(r.json()["message"].as_str().unwrap().contains("array"));
+    let tags = format!("/api/v1/admin/devices/{}/tags", a.id);
+    let r = s.admin_post(&tags, &json!([["lab"], []]));
+    assert_json_error(&r, 422, "invalid_body");
+    let r = s.admin_post(&tags, &json!({"add": ["lab"]}));
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.bytes));
+    let devs = s.admin_get("/api/v1/admin/devices?tag=lab&limit=0").json();
+    assert_eq!(devs.as_array().unwrap().len(), 0, "{devs}");
+    let devs = s.admin_get("/api/v1/admin/devices?tag=lab&limit=1").json();
+    assert_eq!(devs.as_array().unwrap().len(), 1, "{devs}");
+
+    for scheme in ["bearer", "BEARER", "Bearer"] {
+        let auth = format!("{scheme} {}", s.admin_token);
+        let r = call(
+            "GET",
+            &s.url("/api/v1/admin/devices"),
+            None,
+            &[("Authorization", &auth)],
+            None,
+            "",
+        );
+        assert_eq!(
+            r.status,
+            200,
+            "{scheme}: {}",
+            String::from_utf8_lossy(&r.bytes)
+        );
+    }
+    let auth = format!("Basic {}", s.admin_token);
+    let r = call(
+        "GET",
+        &s.url("/api/v1/admin/devices"),
+        None,
+        &[("Authorization", &auth)],
+        None,
+        "",
+    );
+    assert_json_error(&r, 401, "bad_token");
+}

@@ -21,7 +21,11 @@ fn bearer(parts: &Parts) -> ApiResult<&str> {
         })?;
     h.to_str()
         .ok()
-        .and_then(|s| s.strip_prefix("Bearer "))
+        .and_then(|s| {
+            // Auth schemes are case-insensitive (RFC 9110 §11.1): `bearer` is `Bearer`.
+            let (scheme, token) = s.trim_start().split_once(' ')?;
+            scheme.eq_ignore_ascii_case("bearer").then_some(token)
+        })
         .map(str::trim)
         .filter(|s| !s.is_empty())
         .ok_or_else(|| {

@@ -117,6 +117,9 @@ pub async fn query(db: &Db, f: &DeviceFilter, online_ms: i64) -> ApiResult<Vec<D
     let rows = q.fetch_all(&db.read).await?;
     let mut out = Vec::new();
     for r in &rows {
+        if out.len() >= limit {
+            break;
+        }
         let d = device_from_row(r, online_ms)?;
         if f.tag.as_ref().is_some_and(|t| !d.tags.contains(t))
             || f.online.is_some_and(|o| o != d.online)
@@ -128,9 +131,6 @@ pub async fn query(db: &Db, f: &DeviceFilter, online_ms: i64) -> ApiResult<Vec<D
             continue;
         }
         out.push(d);
-        if out.len() >= limit {
-            break;
-        }
     }
     Ok(out)
 }
