@@ -130,8 +130,7 @@ impl Server {
     pub async fn start(cfg: Config) -> Result<Server> {
         let uses_data_dir = cfg.database.is_none() || cfg.storage.is_none();
         if uses_data_dir {
-            std::fs::create_dir_all(&cfg.data_dir)
-                .with_context(|| format!("creating the data folder {}", cfg.data_dir.display()))?;
+            store::files::private_dir(&cfg.data_dir)?;
         }
         let db = Db::open(&cfg.database_url()).await?;
         let store = store::artifacts::Artifacts::open(cfg.storage.as_deref(), &cfg.data_dir)?;

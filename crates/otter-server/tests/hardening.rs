@@ -127,3 +127,36 @@ fn arrays_limit_zero_and_bearer_case() {
     );
     assert_json_error(&r, 401, "bad_token");
 }
+
+/// Finding 10: the data folder is 0700 and the database files 0600, also when an older server
+/// made them 0755 / 0644.
+#[test]
+fn data_folder_and_database_are_private() {
+    use std::os::unix::fs::PermissionsExt;
+    if std::env::var("OTTER_TEST_POSTGRES").is_ok_and(|u| !u.is_empty()) {
+        return;
+    }
+    let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    for existing in [false, true] {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("data");
+        if existing {
+            std::fs::create_dir(&data).unwrap();
+            std::fs::set_permissions(&data, std::fs::Permissions::from_mode(0o755)).unwrap();
+            for f in ["otter.db", "otter.db-wal", "otter.db-shm"] {
+                std::fs::write(data.join(f), b"").unwrap();
+                std::fs::set_permissions(data.join(f), std::fs::Permissions::from_mode(0o644))
+                    .unwrap();
+            }
+        }
+        let s = start(|c| {
+            c.database = None;
+            c.data_dir = data.clone();
+        });
+        assert_eq!(s.admin_get("/api/v1/admin/devices").status, 200);
+        assert_eq!(mode(&data), 0o700, "existing: {existing}");
+        for f in ["otter.db", "otter.db-wal", "otter.db-shm"] {
+            assert_eq!(mode(&data.join(f)), 0o600, "{f}, existing: {existing}");
+        }
+    }
+}

@@ -144,6 +144,10 @@ impl Db {
         };
         let db = match backend {
             Backend::Sqlite => {
+                let file = super::files::sqlite_file(url);
+                if let Some(f) = &file {
+                    super::files::private_database(f)?;
+                }
                 let url = if url.contains('?') {
                     url.to_owned()
                 } else {
@@ -173,6 +177,11 @@ impl Db {
                     .connect_with(opts)
                     .await
                     .with_context(|| format!("opening SQLite database {url}"))?;
+                if let Some(f) = &file {
+                    // The -wal and -shm files exist now: SQLite made them with the database
+                    // file's mode; an older server may have left wider ones.
+                    super::files::private_database(f)?;
+                }
                 Db {
                     read,
                     write,

@@ -5,6 +5,7 @@ pub mod artifacts;
 pub mod audit_log;
 pub mod db;
 pub mod devices;
+pub mod files;
 pub mod keys;
 pub mod releases;
 pub mod rollouts;
