@@ -160,3 +160,51 @@ fn data_folder_and_database_are_private() {
         }
     }
 }
+
+/// Finding 4: a signed enroll body works once; what the server stores is signed.
+#[test]
+fn enrollment_cannot_be_replayed_or_altered() {
+    use otter_proto::{EnrollRequest, EnrollResponse};
+    let s = start(|_| {});
+    let key = s.enrollment_key("k");
+    let mut a = device(1, "b");
+    let req = EnrollRequest::signed(
+        &a.key,
+        &s.challenge(),
+        "b",
+        Some("gw-1".into()),
+        Some(key.clone()),
+        Some("1.0.0".into()),
+    );
+    let body = serde_json::to_value(&req).unwrap();
+    let r = s.post_json(otter_proto::paths::ENROLL, None, &body);
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.bytes));
+    let e: EnrollResponse = serde_json::from_slice(&r.bytes).unwrap();
+    a.id = e.device_id;
+    a.token = e.token.unwrap();
+    let r = s.post_json(otter_proto::paths::ENROLL, None, &body);
+    assert_json_error(&r, 409, "challenge_used");
+    // The first token still works.
+    assert_eq!(s.poll(&a, None).status, 200);
+
+    // Fields outside the old signature: changing any one breaks the proof.
+    for (field, value) in [
+        ("name", serde_json::json!("evil")),
+        ("os_version", serde_json::json!("6.6.6")),
+        ("enrollment_key", serde_json::Value::Null),
+    ] {
+        let req = EnrollRequest::signed(
+            &a.key,
+            &s.challenge(),
+            "b",
+            Some("gw-1".into()),
+            Some(key.clone()),
+            Some("1.0.0".into()),
+        );
+        let mut body = serde_json::to_value(&req).unwrap();
+        body[field] = value;
+        let r = s.post_json(otter_proto::paths::ENROLL, None, &body);
+        assert_json_error(&r, 400, "bad_proof");
+    }
+    assert_eq!(s.poll(&a, None).status, 200);
+}

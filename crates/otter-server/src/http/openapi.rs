@@ -55,7 +55,7 @@ pub fn document() -> Value {
                     "public_key": {"type": "string", "description": "64 hex chars"},
                     "compatible": s("string"), "name": os("string"), "enrollment_key": os("string"),
                     "os_version": os("string"), "challenge": s("string"),
-                    "signature": {"type": "string", "description": "128 hex chars: Ed25519 over 'otter-enroll-v1\\n{challenge}\\n{public_key}\\n{compatible}'"}})),
+                    "signature": {"type": "string", "description": "128 hex chars: Ed25519 over otter_proto::enroll_message v2 (challenge, public_key, compatible, name, os_version, SHA-256 of enrollment_key; see docs/api.md)"}})),
                 "EnrollResponse": obj(&["device_id", "status"], json!({
                     "device_id": s("string"), "status": {"enum": ["accepted", "pending"]},
                     "token": s("string"), "retry_after_secs": s("integer")})),
@@ -100,7 +100,7 @@ pub fn document() -> Value {
             }
         },
         "paths": {
-            "/api/v1/device/challenge": {"get": op("a fresh enrollment challenge", None, None, ("200", Some("Challenge")))},
+            "/api/v1/device/challenge": {"get": op("a fresh enrollment challenge (single-use)", None, None, ("200", Some("Challenge")))},
             "/api/v1/device/enroll": {"post": op("enroll with proof of key possession", None, Some("EnrollRequest"), ("200", Some("EnrollResponse")))},
             "/api/v1/device/target": {"get": {
                 "summary": "target state; 304 when If-None-Match matches; Otter-Poll-Interval header",

@@ -128,6 +128,10 @@ ALTER TABLE devices ADD COLUMN apps_json TEXT;
 CREATE INDEX devices_app_rollout ON devices (app_rollout_id);
 ALTER TABLE rollouts ADD COLUMN kind TEXT NOT NULL DEFAULT 'os'
 "#,
+    r#"
+CREATE TABLE used_challenges (challenge TEXT PRIMARY KEY, expires_at BIGINT NOT NULL);
+CREATE INDEX used_challenges_expiry ON used_challenges (expires_at)
+"#,
 ];
 
 impl Db {
