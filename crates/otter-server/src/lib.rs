@@ -67,6 +67,12 @@ pub struct Config {
     pub max_bundle_size: u64,
     /// Serve HTTPS with this PEM certificate chain and PEM private key (rustls).
     pub tls: Option<(PathBuf, PathBuf)>,
+    /// A connection must send a request's headers within this time, counted from its opening
+    /// or from the end of its previous response: so it also closes idle keep-alive
+    /// connections and half-sent headers.
+    pub header_timeout: Duration,
+    /// Open connections at most (also kept below the open-file limit); more are closed at once.
+    pub max_connections: usize,
 }
 
 impl Default for Config {
@@ -83,6 +89,8 @@ impl Default for Config {
             rollout_tick: Duration::from_secs(5),
             max_bundle_size: 8 << 30,
             tls: None,
+            header_timeout: Duration::from_secs(30),
+            max_connections: 4096,
         }
     }
 }
@@ -198,25 +206,55 @@ impl Server {
         let ticker = tokio::spawn(rollouts::run_ticker(self.state.clone()));
         let app = router(self.state.clone());
         let make = app.into_make_service_with_connect_info::<SocketAddr>();
+        let cfg = &self.state.cfg;
+        let timeout = cfg.header_timeout;
+        // Keep file descriptors for the database, artifacts and logs.
+        let max_connections = match http::conn::raise_open_file_limit() {
+            Some(files) => cfg
+                .max_connections
+                .min(usize::try_from(files.saturating_sub(64)).unwrap_or(usize::MAX)),
+            None => cfg.max_connections,
+        };
+        if max_connections < cfg.max_connections {
+            tracing::warn!(
+                "at most {max_connections} connections (the open-file limit), not --max-connections {}",
+                cfg.max_connections
+            );
+        }
+        let std = self.listener.into_std().context("preparing the listener")?;
         let result = match self.tls {
-            None => axum::serve(self.listener, make)
-                .await
-                .context("serving HTTP"),
+            None => {
+                let mut server = axum_server::from_tcp(std)
+                    .context("preparing the listener")?
+                    .map(|a| http::conn::Capped::new(a, max_connections))
+                    .first_request_timeout(timeout);
+                limit_http(server.http_builder(), timeout);
+                server.serve(make).await.context("serving HTTP")
+            }
             Some(tls) => {
-                let std = self
-                    .listener
-                    .into_std()
-                    .context("preparing the TLS listener")?;
-                axum_server::from_tcp_rustls(std, tls)
+                let mut server = axum_server::from_tcp_rustls(std, tls)
                     .context("preparing the TLS listener")?
-                    .serve(make)
-                    .await
-                    .context("serving HTTPS")
+                    .map(|a| http::conn::Capped::new(a, max_connections))
+                    .first_request_timeout(timeout);
+                limit_http(server.http_builder(), timeout);
+                server.serve(make).await.context("serving HTTPS")
             }
         };
         ticker.abort();
         result
     }
+}
+
+/// hyper's timeouts: HTTP/1 headers (from a connection's opening and between its requests, so
+/// idle keep-alive connections close too); HTTP/2 pings that close dead peers.
+fn limit_http(
+    b: &mut hyper_util::server::conn::auto::Builder<hyper_util::rt::TokioExecutor>,
+    timeout: Duration,
+) {
+    b.http1().header_read_timeout(Some(timeout));
+    b.http2()
+        .keep_alive_interval(Some(timeout))
+        .keep_alive_timeout(timeout);
 }
 
 /// Creates the admin token `admin` when there is no admin token at all; returns the secret.

@@ -208,3 +208,50 @@ fn enrollment_cannot_be_replayed_or_altered() {
     }
     assert_eq!(s.poll(&a, None).status, 200);
 }
+
+/// Finding 2: a connection that sends half a header, or nothing, is closed within the header
+/// timeout; connections above --max-connections are closed at once.
+#[test]
+fn slow_and_idle_connections_are_closed() {
+    use std::io::{Read, Write};
+    use std::time::{Duration, Instant};
+    let s = start(|c| {
+        c.header_timeout = Duration::from_secs(1);
+        c.max_connections = 4;
+    });
+    let addr = s.base.trim_start_matches("http://").to_owned();
+    let closed_within = |mut c: std::net::TcpStream, secs: u64| {
+        c.set_read_timeout(Some(Duration::from_secs(secs))).unwrap();
+        let t = Instant::now();
+        let mut buf = [0u8; 1024];
+        loop {
+            match c.read(&mut buf) {
+                Ok(0) => return t.elapsed(),
+                Ok(_) => continue,
+                Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return t.elapsed(),
+                Err(e) => panic!("still open after {:?}: {e}", t.elapsed()),
+            }
+        }
+    };
+    let mut half = std::net::TcpStream::connect(&addr).unwrap();
+    half.write_all(b"GET /api/v1/admin/devices HTTP/1.1\r\nHost: x\r\nX-Slow: ")
+        .unwrap();
+    let silent = std::net::TcpStream::connect(&addr).unwrap();
+    let few = std::net::TcpStream::connect(&addr).unwrap();
+    few.try_clone().unwrap().write_all(b"GE").unwrap();
+    assert!(closed_within(half, 5) < Duration::from_secs(4));
+    assert!(closed_within(silent, 5) < Duration::from_secs(4));
+    assert!(closed_within(few, 5) < Duration::from_secs(4));
+
+    // The cap: four held connections, the fifth is closed at once; the server serves again
+    // when they go.
+    let held: Vec<_> = (0..4)
+        .map(|_| std::net::TcpStream::connect(&addr).unwrap())
+        .collect();
+    std::thread::sleep(Duration::from_millis(200));
+    let fifth = std::net::TcpStream::connect(&addr).unwrap();
+    assert!(closed_within(fifth, 1) < Duration::from_millis(900));
+    drop(held);
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(s.admin_get("/api/v1/admin/devices").status, 200);
+}

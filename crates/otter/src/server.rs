@@ -42,6 +42,13 @@ pub struct ServerArgs {
     /// The PEM private key of --tls-cert.
     #[arg(long, requires = "tls_cert")]
     tls_key: Option<PathBuf>,
+    /// Seconds a connection has to send a request's headers (from its opening or its previous
+    /// response); closes idle and half-sent connections.
+    #[arg(long, default_value_t = 30)]
+    header_timeout: u64,
+    /// Open connections at most (kept below the open-file limit); more are closed at once.
+    #[arg(long, default_value_t = 4096)]
+    max_connections: usize,
     /// Create an admin token with this name, print it and exit (e.g. when the first was lost).
     #[arg(long, value_name = "NAME")]
     create_admin_token: Option<String>,
@@ -60,6 +67,8 @@ pub fn run(a: ServerArgs) -> Result<()> {
         rollout_tick: Duration::from_secs(a.rollout_tick.max(1)),
         max_bundle_size: a.max_bundle_size,
         tls: a.tls_cert.zip(a.tls_key),
+        header_timeout: Duration::from_secs(a.header_timeout.max(1)),
+        max_connections: a.max_connections.max(1),
     };
     tracing_subscriber::fmt()
         .with_env_filter(
