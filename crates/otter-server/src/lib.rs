@@ -73,6 +73,14 @@ pub struct Config {
     pub header_timeout: Duration,
     /// Open connections at most (also kept below the open-file limit); more are closed at once.
     pub max_connections: usize,
+    /// Log bytes kept per device; the oldest lines go first.
+    pub log_quota_bytes: u64,
+    /// Log lines older than this are deleted (checked hourly).
+    pub log_retention: Duration,
+    /// Log bytes a device may send per minute, in KiB (bursts of 2 MiB or this, the larger).
+    pub log_rate_kib_per_minute: u32,
+    /// Audit entries older than this are deleted (checked hourly).
+    pub audit_retention: Duration,
 }
 
 impl Default for Config {
@@ -91,6 +99,10 @@ impl Default for Config {
             tls: None,
             header_timeout: Duration::from_secs(30),
             max_connections: 4096,
+            log_quota_bytes: 16 << 20,
+            log_retention: Duration::from_secs(30 * 86400),
+            log_rate_kib_per_minute: 1024,
+            audit_retention: Duration::from_secs(365 * 86400),
         }
     }
 }
@@ -111,6 +123,8 @@ pub struct Inner {
     pub flag_keys: Vec<PublicKey>,
     pub challenge_secret: Vec<u8>,
     pub enroll_limiter: DefaultKeyedRateLimiter<std::net::IpAddr>,
+    /// Log KiB per device.
+    pub log_limiter: DefaultKeyedRateLimiter<String>,
 }
 
 /// Shared by every request handler.
@@ -173,6 +187,9 @@ impl Server {
             }
         };
         let rate = NonZeroU32::new(cfg.enroll_rate_per_minute.max(1)).unwrap_or(NonZeroU32::MIN);
+        let log_rate =
+            NonZeroU32::new(cfg.log_rate_kib_per_minute.max(1)).unwrap_or(NonZeroU32::MIN);
+        let log_burst = log_rate.max(NonZeroU32::new(2048).unwrap_or(NonZeroU32::MIN));
         let listener = tokio::net::TcpListener::bind(cfg.listen)
             .await
             .with_context(|| format!("listening on {}", cfg.listen))?;
@@ -183,6 +200,7 @@ impl Server {
             flag_keys,
             challenge_secret: secret_hex.into_bytes(),
             enroll_limiter: RateLimiter::keyed(Quota::per_minute(rate)),
+            log_limiter: RateLimiter::keyed(Quota::per_minute(log_rate).allow_burst(log_burst)),
         }));
         Ok(Server {
             state,
@@ -204,6 +222,7 @@ impl Server {
     /// Serves until the process ends (or the task is dropped), evaluating rollouts on the side.
     pub async fn serve(self) -> Result<()> {
         let ticker = tokio::spawn(rollouts::run_ticker(self.state.clone()));
+        let expiry = tokio::spawn(reports::run_expiry(self.state.clone()));
         let app = router(self.state.clone());
         let make = app.into_make_service_with_connect_info::<SocketAddr>();
         let cfg = &self.state.cfg;
@@ -241,6 +260,7 @@ impl Server {
             }
         };
         ticker.abort();
+        expiry.abort();
         result
     }
 }

@@ -255,3 +255,81 @@ fn slow_and_idle_connections_are_closed() {
     std::thread::sleep(Duration::from_millis(200));
     assert_eq!(s.admin_get("/api/v1/admin/devices").status, 200);
 }
+
+fn log_batch(from: usize, n: usize, len: usize) -> serde_json::Value {
+    let entries: Vec<_> = (from..from + n)
+        .map(|i| serde_json::json!({"ts_ms": i, "message": format!("{i:08} {}", "x".repeat(len))}))
+        .collect();
+    serde_json::json!({ "entries": entries })
+}
+
+/// Finding 3: a device's stored logs stay under --log-quota (oldest pruned first) and it
+/// cannot send more than --log-rate.
+#[test]
+fn device_logs_have_a_quota_and_a_rate() {
+    let s = start(|c| {
+        c.log_quota_bytes = 64 << 10;
+        c.log_rate_kib_per_minute = 1 << 20;
+    });
+    let key = s.enrollment_key("k");
+    let mut a = device(1, "b");
+    s.enrolled(&mut a, &key);
+    let mut b = device(2, "b");
+    s.enrolled(&mut b, &key);
+    let r = s.post_json(
+        otter_proto::paths::LOGS,
+        Some(&b.token),
+        &log_batch(0, 10, 10),
+    );
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.bytes));
+    for i in 0..20 {
+        let r = s.post_json(
+            otter_proto::paths::LOGS,
+            Some(&a.token),
+            &log_batch(i * 100, 100, 200),
+        );
+        assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.bytes));
+    }
+    let lines = |d: &TestDevice| {
+        s.admin_get(&format!("/api/v1/admin/devices/{}/logs?limit=10000", d.id))
+            .json()
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["message"].as_str().unwrap().to_owned())
+            .collect::<Vec<_>>()
+    };
+    let kept = lines(&a);
+    let bytes: usize = kept.iter().map(|m| m.len() + 32 + 4).sum();
+    assert!(bytes <= 64 << 10, "{bytes} bytes kept");
+    assert!(kept.len() > 100, "{} lines kept", kept.len());
+    assert!(
+        kept.last().unwrap().starts_with("00001999"),
+        "the newest line is kept"
+    );
+    assert!(
+        !kept.iter().any(|m| m.starts_with("00000000")),
+        "the oldest line is pruned"
+    );
+    // Another device's lines are untouched.
+    assert_eq!(lines(&b).len(), 10);
+
+    // The rate: 2 MiB at once, then 429 rate_limited.
+    let s = start(|c| c.log_rate_kib_per_minute = 64);
+    let mut a = device(1, "b");
+    let key = s.enrollment_key("k");
+    s.enrolled(&mut a, &key);
+    let mut statuses = Vec::new();
+    for i in 0..4 {
+        let r = s.post_json(
+            otter_proto::paths::LOGS,
+            Some(&a.token),
+            &log_batch(i * 100, 100, 8000),
+        );
+        statuses.push(r.status);
+        if r.status == 429 {
+            assert_json_error(&r, 429, "rate_limited");
+        }
+    }
+    assert_eq!(statuses, [200, 200, 429, 429]);
+}

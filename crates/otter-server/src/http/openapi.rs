@@ -109,7 +109,7 @@ pub fn document() -> Value {
                 "responses": {"200": {"description": "target", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/TargetState"}}}},
                               "304": {"description": "unchanged"}}}},
             "/api/v1/device/report": {"post": op("report the device state", dev, Some("StateReport"), ("204", None))},
-            "/api/v1/device/logs": {"post": op("upload a batch of log lines", dev, Some("LogBatch"), ("200", Some("LogAck")))},
+            "/api/v1/device/logs": {"post": op("upload a batch of log lines (rate-limited per device: --log-rate; kept up to --log-quota per device)", dev, Some("LogBatch"), ("200", Some("LogAck")))},
             "/api/v1/device/artifacts/{release_id}": {"get": {
                 "summary": "the targeted bundle; Range supported", "security": [{"deviceToken": []}],
                 "parameters": [{"name": "release_id", "in": "path", "required": true, "schema": s("string")},

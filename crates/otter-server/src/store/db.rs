@@ -132,6 +132,12 @@ ALTER TABLE rollouts ADD COLUMN kind TEXT NOT NULL DEFAULT 'os'
 CREATE TABLE used_challenges (challenge TEXT PRIMARY KEY, expires_at BIGINT NOT NULL);
 CREATE INDEX used_challenges_expiry ON used_challenges (expires_at)
 "#,
+    r#"
+CREATE TABLE device_log_usage (device_id TEXT PRIMARY KEY, bytes BIGINT NOT NULL);
+INSERT INTO device_log_usage (device_id, bytes) SELECT device_id, CAST(SUM(LENGTH(message) + COALESCE(LENGTH(source), 0) + LENGTH(level) + 32) AS BIGINT) FROM device_logs GROUP BY device_id;
+CREATE INDEX device_logs_received ON device_logs (received_at);
+CREATE INDEX audit_at ON audit (at)
+"#,
 ];
 
 impl Db {

@@ -536,27 +536,3 @@ pub async fn store_report(
     .await?;
     Ok(())
 }
-
-/// Stores log lines of a device, all or none.
-pub async fn insert_logs(
-    db: &Db,
-    id: &str,
-    entries: &[otter_proto::LogEntry],
-    now: i64,
-) -> sqlx::Result<()> {
-    let mut tx = db.write.begin().await?;
-    for e in entries {
-        sqlx::query(
-            "INSERT INTO device_logs (device_id, ts, received_at, level, source, message) VALUES ($1, $2, $3, $4, $5, $6)",
-        )
-        .bind(id)
-        .bind(e.ts_ms)
-        .bind(now)
-        .bind(&e.level)
-        .bind(&e.source)
-        .bind(&e.message)
-        .execute(&mut *tx)
-        .await?;
-    }
-    tx.commit().await
-}

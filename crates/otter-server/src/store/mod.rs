@@ -7,6 +7,7 @@ pub mod db;
 pub mod devices;
 pub mod files;
 pub mod keys;
+pub mod logs;
 pub mod releases;
 pub mod rollouts;
 pub mod tokens;
