@@ -6,6 +6,7 @@ use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
 
 use axum_server::accept::Accept;
@@ -29,6 +30,8 @@ impl<A> Capped<A> {
     }
 }
 
+static LAST_REFUSAL_LOG: AtomicU64 = AtomicU64::new(0);
+
 type BoxFuture<T> = Pin<Box<dyn Future<Output = io::Result<T>> + Send>>;
 
 impl<A, I, S> Accept<I, S> for Capped<A>
@@ -45,7 +48,18 @@ where
     fn accept(&self, stream: I, service: S) -> Self::Future {
         let Ok(permit) = self.permits.clone().try_acquire_owned() else {
             drop(stream);
-            tracing::warn!("refused a connection: --max-connections are open");
+            // One line a minute at most: a flood must not fill the log instead.
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs());
+            let last = LAST_REFUSAL_LOG.load(Ordering::Relaxed);
+            if now >= last + 60
+                && LAST_REFUSAL_LOG
+                    .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                    .is_ok()
+            {
+                tracing::warn!("refusing connections: --max-connections are open");
+            }
             return Box::pin(async { Err(io::Error::other("too many open connections")) });
         };
         let accepting = self.inner.accept(stream, service);
