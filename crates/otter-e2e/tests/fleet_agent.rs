@@ -37,6 +37,7 @@ fn start_server(dir: &Path) -> Fleet {
         rollout_tick: Duration::from_millis(200),
         max_bundle_size: 1 << 26,
         tls: None,
+        ..Default::default()
     };
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {

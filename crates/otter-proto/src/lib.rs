@@ -39,8 +39,10 @@ pub struct ApiError {
     pub message: String,
 }
 
-/// A server-issued enrollment challenge. Stateless on the server (an HMAC over its issue time), so
-/// any server process behind a load balancer accepts it.
+/// A server-issued enrollment challenge: an HMAC over its issue time, so any server process
+/// behind a load balancer accepts it. Single-use: the servers record used challenges in their
+/// shared database until they expire, and a second enrollment with one is refused (409
+/// `challenge_used`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Challenge {
     pub challenge: String,
@@ -48,7 +50,8 @@ pub struct Challenge {
 }
 
 /// Enrollment request. `signature` is the device key's Ed25519 signature over
-/// [`enroll_message`]`(challenge, public_key, compatible)`, hex-encoded.
+/// [`enroll_message`] (v2: challenge, public key, compatible, name, OS version, the enrollment
+/// key's SHA-256), hex-encoded. Each challenge enrolls once.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct EnrollRequest {

@@ -53,7 +53,8 @@ fn challenge_mac(secret: &[u8], body: &str) -> String {
     hex::encode(mac.finalize().into_bytes())
 }
 
-pub fn check_challenge(secret: &[u8], challenge: &str) -> ApiResult<()> {
+/// Checks a challenge's HMAC and age; gives its issue time (seconds since the epoch).
+pub fn check_challenge(secret: &[u8], challenge: &str) -> ApiResult<i64> {
     let bad = |why: &str| {
         ApiErr::bad_request(
             "bad_challenge",
@@ -77,7 +78,7 @@ pub fn check_challenge(secret: &[u8], challenge: &str) -> ApiResult<()> {
     if !(-60..=CHALLENGE_TTL_SECS as i64).contains(&age) {
         return Err(bad("has expired"));
     }
-    Ok(())
+    Ok(issued)
 }
 
 #[cfg(test)]

@@ -18,7 +18,7 @@ pub async fn enroll(st: &AppState, req: EnrollRequest) -> ApiResult<EnrollRespon
     check_len("name", req.name.as_deref(), 128)?;
     check_len("os_version", req.os_version.as_deref(), 64)?;
     check_len("enrollment_key", req.enrollment_key.as_deref(), 128)?;
-    auth::check_challenge(&st.challenge_secret, &req.challenge)?;
+    let issued = auth::check_challenge(&st.challenge_secret, &req.challenge)?;
     let raw = req
         .verify_proof()
         .map_err(|e| ApiErr::bad_request("bad_proof", e.to_string()))?;
@@ -47,6 +47,14 @@ pub async fn enroll(st: &AppState, req: EnrollRequest) -> ApiResult<EnrollRespon
     let actor = format!("device:{device_id}");
     let subject = actor.clone();
     let mut tx = st.db.write.begin().await?;
+    // Single use: a replayed request (or a second one with the same challenge) is refused.
+    let expires_at = (issued + auth::CHALLENGE_TTL_SECS as i64 + 60) * 1000;
+    if !store::keys::use_challenge(&mut tx, &req.challenge, expires_at, now).await? {
+        return Err(ApiErr::conflict(
+            "challenge_used",
+            "this challenge was used for an enrollment already: get a new one from GET /api/v1/device/challenge",
+        ));
+    }
     let existing = store::devices::identity(&mut tx, &device_id).await?;
     let status = match existing {
         None => {

@@ -81,6 +81,8 @@ impl std::fmt::Display for ApiErr {
 }
 
 /// `axum::Json` whose rejections are JSON [`ApiError`]s that say what is wrong with the body.
+/// Every body is a JSON object: serde would also read a struct from an array of its fields
+/// in order (`[]` for a struct whose fields all have defaults), which is refused.
 pub struct JsonBody<T>(pub T);
 
 impl<S, T> FromRequest<S> for JsonBody<T>
@@ -91,7 +93,25 @@ where
     type Rejection = ApiErr;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        let (parts, body) = req.into_parts();
+        let bytes =
+            match axum::body::Bytes::from_request(Request::from_parts(parts.clone(), body), state)
+                .await
+            {
+                Ok(b) => b,
+                Err(rej) if rej.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+                    return Err(too_large(rej.status()));
+                }
+                Err(rej) => return Err(ApiErr::new(rej.status(), "invalid_body", rej.body_text())),
+            };
+        let array = bytes.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'[');
+        let req = Request::from_parts(parts, axum::body::Body::from(bytes));
         match Json::<T>::from_request(req, state).await {
+            Ok(_) if array => Err(ApiErr::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "invalid_body",
+                "the JSON body must be an object, not an array",
+            )),
             Ok(Json(v)) => Ok(JsonBody(v)),
             Err(rej) => Err(json_rejection(rej)),
         }
@@ -116,14 +136,18 @@ fn json_rejection(rej: JsonRejection) -> ApiErr {
             "content_type",
             "send the body with Content-Type: application/json",
         ),
-        _ if status == StatusCode::PAYLOAD_TOO_LARGE => ApiErr::new(
-            status,
-            "body_too_large",
-            format!(
-                "the body is larger than {} bytes; send smaller batches",
-                otter_proto::MAX_JSON_BODY
-            ),
-        ),
+        _ if status == StatusCode::PAYLOAD_TOO_LARGE => too_large(status),
         _ => ApiErr::new(status, "invalid_body", text),
     }
+}
+
+fn too_large(status: StatusCode) -> ApiErr {
+    ApiErr::new(
+        status,
+        "body_too_large",
+        format!(
+            "the body is larger than {} bytes; send smaller batches",
+            otter_proto::MAX_JSON_BODY
+        ),
+    )
 }

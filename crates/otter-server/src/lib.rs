@@ -67,6 +67,20 @@ pub struct Config {
     pub max_bundle_size: u64,
     /// Serve HTTPS with this PEM certificate chain and PEM private key (rustls).
     pub tls: Option<(PathBuf, PathBuf)>,
+    /// A connection must send a request's headers within this time, counted from its opening
+    /// or from the end of its previous response: so it also closes idle keep-alive
+    /// connections and half-sent headers.
+    pub header_timeout: Duration,
+    /// Open connections at most (also kept below the open-file limit); more are closed at once.
+    pub max_connections: usize,
+    /// Log bytes kept per device; the oldest lines go first.
+    pub log_quota_bytes: u64,
+    /// Log lines older than this are deleted (checked hourly).
+    pub log_retention: Duration,
+    /// Log bytes a device may send per minute, in KiB (bursts of 2 MiB or this, the larger).
+    pub log_rate_kib_per_minute: u32,
+    /// Audit entries older than this are deleted (checked hourly).
+    pub audit_retention: Duration,
 }
 
 impl Default for Config {
@@ -83,6 +97,12 @@ impl Default for Config {
             rollout_tick: Duration::from_secs(5),
             max_bundle_size: 8 << 30,
             tls: None,
+            header_timeout: Duration::from_secs(30),
+            max_connections: 4096,
+            log_quota_bytes: 16 << 20,
+            log_retention: Duration::from_secs(30 * 86400),
+            log_rate_kib_per_minute: 1024,
+            audit_retention: Duration::from_secs(365 * 86400),
         }
     }
 }
@@ -103,6 +123,8 @@ pub struct Inner {
     pub flag_keys: Vec<PublicKey>,
     pub challenge_secret: Vec<u8>,
     pub enroll_limiter: DefaultKeyedRateLimiter<std::net::IpAddr>,
+    /// Log KiB per device.
+    pub log_limiter: DefaultKeyedRateLimiter<String>,
 }
 
 /// Shared by every request handler.
@@ -130,8 +152,7 @@ impl Server {
     pub async fn start(cfg: Config) -> Result<Server> {
         let uses_data_dir = cfg.database.is_none() || cfg.storage.is_none();
         if uses_data_dir {
-            std::fs::create_dir_all(&cfg.data_dir)
-                .with_context(|| format!("creating the data folder {}", cfg.data_dir.display()))?;
+            store::files::private_dir(&cfg.data_dir)?;
         }
         let db = Db::open(&cfg.database_url()).await?;
         let store = store::artifacts::Artifacts::open(cfg.storage.as_deref(), &cfg.data_dir)?;
@@ -166,6 +187,9 @@ impl Server {
             }
         };
         let rate = NonZeroU32::new(cfg.enroll_rate_per_minute.max(1)).unwrap_or(NonZeroU32::MIN);
+        let log_rate =
+            NonZeroU32::new(cfg.log_rate_kib_per_minute.max(1)).unwrap_or(NonZeroU32::MIN);
+        let log_burst = log_rate.max(NonZeroU32::new(2048).unwrap_or(NonZeroU32::MIN));
         let listener = tokio::net::TcpListener::bind(cfg.listen)
             .await
             .with_context(|| format!("listening on {}", cfg.listen))?;
@@ -176,6 +200,7 @@ impl Server {
             flag_keys,
             challenge_secret: secret_hex.into_bytes(),
             enroll_limiter: RateLimiter::keyed(Quota::per_minute(rate)),
+            log_limiter: RateLimiter::keyed(Quota::per_minute(log_rate).allow_burst(log_burst)),
         }));
         Ok(Server {
             state,
@@ -197,27 +222,59 @@ impl Server {
     /// Serves until the process ends (or the task is dropped), evaluating rollouts on the side.
     pub async fn serve(self) -> Result<()> {
         let ticker = tokio::spawn(rollouts::run_ticker(self.state.clone()));
+        let expiry = tokio::spawn(reports::run_expiry(self.state.clone()));
         let app = router(self.state.clone());
         let make = app.into_make_service_with_connect_info::<SocketAddr>();
+        let cfg = &self.state.cfg;
+        let timeout = cfg.header_timeout;
+        // Keep file descriptors for the database, artifacts and logs.
+        let max_connections = match http::conn::raise_open_file_limit() {
+            Some(files) => cfg
+                .max_connections
+                .min(usize::try_from(files.saturating_sub(64)).unwrap_or(usize::MAX)),
+            None => cfg.max_connections,
+        };
+        if max_connections < cfg.max_connections {
+            tracing::warn!(
+                "at most {max_connections} connections (the open-file limit), not --max-connections {}",
+                cfg.max_connections
+            );
+        }
+        let std = self.listener.into_std().context("preparing the listener")?;
         let result = match self.tls {
-            None => axum::serve(self.listener, make)
-                .await
-                .context("serving HTTP"),
+            None => {
+                let mut server = axum_server::from_tcp(std)
+                    .context("preparing the listener")?
+                    .map(|a| http::conn::Capped::new(a, max_connections))
+                    .first_request_timeout(timeout);
+                limit_http(server.http_builder(), timeout);
+                server.serve(make).await.context("serving HTTP")
+            }
             Some(tls) => {
-                let std = self
-                    .listener
-                    .into_std()
-                    .context("preparing the TLS listener")?;
-                axum_server::from_tcp_rustls(std, tls)
+                let mut server = axum_server::from_tcp_rustls(std, tls)
                     .context("preparing the TLS listener")?
-                    .serve(make)
-                    .await
-                    .context("serving HTTPS")
+                    .map(|a| http::conn::Capped::new(a, max_connections))
+                    .first_request_timeout(timeout);
+                limit_http(server.http_builder(), timeout);
+                server.serve(make).await.context("serving HTTPS")
             }
         };
         ticker.abort();
+        expiry.abort();
         result
     }
+}
+
+/// hyper's timeouts: HTTP/1 headers (from a connection's opening and between its requests, so
+/// idle keep-alive connections close too); HTTP/2 pings that close dead peers.
+fn limit_http(
+    b: &mut hyper_util::server::conn::auto::Builder<hyper_util::rt::TokioExecutor>,
+    timeout: Duration,
+) {
+    b.http1().header_read_timeout(Some(timeout));
+    b.http2()
+        .keep_alive_interval(Some(timeout))
+        .keep_alive_timeout(timeout);
 }
 
 /// Creates the admin token `admin` when there is no admin token at all; returns the secret.

@@ -220,7 +220,9 @@ where
         ));
     }
 
-    let obj = st.store.release_path(&id);
+    // A key of its own for this upload (see `release_upload_path`).
+    let upload_id = format!("{:016x}", rand::random::<u64>());
+    let obj = st.store.release_upload_path(&id, &upload_id);
     copy_to_store(&*st.store.store, &obj, tmp.path())
         .await
         .map_err(|e| ApiErr::internal(&format!("storing the bundle as {obj}"), e))?;
@@ -253,7 +255,7 @@ where
         tx.commit().await
     };
     if let Err(e) = insert.await {
-        // Do not leave an unrecorded object behind.
+        // Do not leave an unrecorded object behind; `obj` is this upload's own object.
         let _ = st.store.store.delete(&obj).await;
         return Err(
             if e.as_database_error()

@@ -179,6 +179,59 @@ pub async fn store_logs(st: &AppState, device_id: &str, batch: &LogBatch) -> Api
         check_len(&format!("entries[{i}].source"), e.source.as_deref(), 128)?;
         check_len(&format!("entries[{i}].message"), Some(&e.message), 16384)?;
     }
-    store::devices::insert_logs(&st.db, device_id, &batch.entries, now_ms()).await?;
+    let bytes: i64 = batch.entries.iter().map(store::logs::entry_size).sum();
+    let kib = u32::try_from((bytes + 1023) / 1024)
+        .unwrap_or(u32::MAX)
+        .max(1);
+    let limited = match std::num::NonZeroU32::new(kib) {
+        Some(n) => !matches!(
+            st.log_limiter.check_key_n(&device_id.to_owned(), n),
+            Ok(Ok(()))
+        ),
+        None => false,
+    };
+    if limited {
+        return Err(ApiErr::new(
+            axum::http::StatusCode::TOO_MANY_REQUESTS,
+            "rate_limited",
+            format!(
+                "this device sent more than {} KiB of logs per minute (--log-rate); send the batch again later",
+                st.cfg.log_rate_kib_per_minute
+            ),
+        ));
+    }
+    let quota = i64::try_from(st.cfg.log_quota_bytes).unwrap_or(i64::MAX);
+    let pruned = store::logs::insert(&st.db, device_id, &batch.entries, now_ms(), quota).await?;
+    if pruned > 0 {
+        tracing::debug!("device {device_id}: {pruned} oldest log lines pruned (--log-quota)");
+    }
     Ok(batch.entries.len())
+}
+
+/// Deletes device log lines and audit entries older than their retention, hourly.
+pub async fn run_expiry(st: AppState) {
+    let mut iv = tokio::time::interval(std::time::Duration::from_secs(3600));
+    iv.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        iv.tick().await;
+        if let Err(e) = expire(&st).await {
+            tracing::error!("expiring old logs: {e:#}");
+        }
+    }
+}
+
+/// One pass of [`run_expiry`].
+pub async fn expire(st: &AppState) -> ApiResult<(u64, u64)> {
+    let ms = |d: std::time::Duration| i64::try_from(d.as_millis()).unwrap_or(i64::MAX);
+    let now = now_ms();
+    let (logs, audit) = store::logs::expire(
+        &st.db,
+        now.saturating_sub(ms(st.cfg.log_retention)),
+        now.saturating_sub(ms(st.cfg.audit_retention)),
+    )
+    .await?;
+    if logs + audit > 0 {
+        tracing::info!("expired {logs} device log lines and {audit} audit entries");
+    }
+    Ok((logs, audit))
 }

@@ -136,9 +136,15 @@ fn enrollment_proof_is_checked() {
         &serde_json::to_value(&forged).unwrap(),
     );
     assert_eq!((r.status, r.error_code().as_str()), (400, "bad_challenge"));
-    // An unknown enrollment key.
-    let mut k = good.clone();
-    k.enrollment_key = Some("otk_nope".into());
+    // An unknown enrollment key (signed: the key is part of the proof).
+    let k = otter_proto::EnrollRequest::signed(
+        &dev.key,
+        &s.challenge(),
+        "qemu-x86_64",
+        None,
+        Some("otk_nope".into()),
+        None,
+    );
     let r = s.post_json(
         otter_proto::paths::ENROLL,
         None,

@@ -29,6 +29,7 @@ async fn server() -> Server {
         rollout_tick: Duration::from_millis(200),
         max_bundle_size: 1 << 26,
         tls: None,
+        ..Default::default()
     };
     let s = otter_server::Server::start(cfg).await.unwrap();
     let base = format!("http://{}", s.local_addr().unwrap());

@@ -42,6 +42,25 @@ pub struct ServerArgs {
     /// The PEM private key of --tls-cert.
     #[arg(long, requires = "tls_cert")]
     tls_key: Option<PathBuf>,
+    /// Seconds a connection has to send a request's headers (from its opening or its previous
+    /// response); closes idle and half-sent connections.
+    #[arg(long, default_value_t = 30)]
+    header_timeout: u64,
+    /// Open connections at most (kept below the open-file limit); more are closed at once.
+    #[arg(long, default_value_t = 4096)]
+    max_connections: usize,
+    /// Log bytes kept per device (the oldest lines are pruned first).
+    #[arg(long, default_value_t = 16 << 20)]
+    log_quota: u64,
+    /// Days device log lines are kept.
+    #[arg(long, default_value_t = 30)]
+    log_retention_days: u64,
+    /// KiB of logs a device may send per minute (bursts up to 2 MiB).
+    #[arg(long, default_value_t = 1024)]
+    log_rate: u32,
+    /// Days audit entries are kept.
+    #[arg(long, default_value_t = 365)]
+    audit_retention_days: u64,
     /// Create an admin token with this name, print it and exit (e.g. when the first was lost).
     #[arg(long, value_name = "NAME")]
     create_admin_token: Option<String>,
@@ -60,6 +79,12 @@ pub fn run(a: ServerArgs) -> Result<()> {
         rollout_tick: Duration::from_secs(a.rollout_tick.max(1)),
         max_bundle_size: a.max_bundle_size,
         tls: a.tls_cert.zip(a.tls_key),
+        header_timeout: Duration::from_secs(a.header_timeout.max(1)),
+        max_connections: a.max_connections.max(1),
+        log_quota_bytes: a.log_quota,
+        log_retention: Duration::from_secs(a.log_retention_days.max(1) * 86400),
+        log_rate_kib_per_minute: a.log_rate.max(1),
+        audit_retention: Duration::from_secs(a.audit_retention_days.max(1) * 86400),
     };
     tracing_subscriber::fmt()
         .with_env_filter(

@@ -3,7 +3,7 @@
 use axum::Json;
 use axum::Router;
 use axum::body::Body;
-use axum::extract::{DefaultBodyLimit, Path, Query, State};
+use axum::extract::{DefaultBodyLimit, State};
 use axum::http::StatusCode;
 use axum::routing::{get, post};
 use otter_proto::admin::{
@@ -13,7 +13,7 @@ use otter_proto::admin::{
 };
 use serde::Deserialize;
 
-use super::extract::Admin;
+use super::extract::{Admin, Path, Query};
 use crate::AppState;
 use crate::devices::{self, DeviceFilter, audit_for, load_device, query_devices, query_logs};
 use crate::error::{ApiErr, ApiResult, JsonBody};

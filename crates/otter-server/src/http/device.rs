@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use axum::Json;
 use axum::Router;
 use axum::body::Body;
-use axum::extract::{ConnectInfo, Path, State};
+use axum::extract::{ConnectInfo, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -17,7 +17,7 @@ use otter_proto::{
 };
 use rand::Rng;
 
-use super::extract::DeviceAuth;
+use super::extract::{DeviceAuth, Path};
 use crate::AppState;
 use crate::auth;
 use crate::error::{ApiErr, ApiResult, JsonBody};

@@ -21,7 +21,11 @@ fn bearer(parts: &Parts) -> ApiResult<&str> {
         })?;
     h.to_str()
         .ok()
-        .and_then(|s| s.strip_prefix("Bearer "))
+        .and_then(|s| {
+            // Auth schemes are case-insensitive (RFC 9110 §11.1): `bearer` is `Bearer`.
+            let (scheme, token) = s.trim_start().split_once(' ')?;
+            scheme.eq_ignore_ascii_case("bearer").then_some(token)
+        })
         .map(str::trim)
         .filter(|s| !s.is_empty())
         .ok_or_else(|| {
@@ -101,5 +105,42 @@ impl FromRequestParts<AppState> for DeviceAuth {
             target_etag: combined_etag(&row.target_etag, &row.app_etag),
             last_seen: row.last_seen,
         })
+    }
+}
+
+/// `axum::extract::Query` whose rejection is a JSON `ApiError` (400 `invalid_query`) naming
+/// the parameter, instead of axum's `400 text/plain`.
+pub struct Query<T>(pub T);
+
+impl<T, S> FromRequestParts<S> for Query<T>
+where
+    T: serde::de::DeserializeOwned,
+    S: Send + Sync,
+{
+    type Rejection = ApiErr;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> ApiResult<Self> {
+        match axum::extract::Query::<T>::from_request_parts(parts, state).await {
+            Ok(axum::extract::Query(v)) => Ok(Query(v)),
+            Err(e) => Err(ApiErr::bad_request("invalid_query", e.body_text())),
+        }
+    }
+}
+
+/// `axum::extract::Path` whose rejection is a JSON `ApiError` (400 `invalid_path`).
+pub struct Path<T>(pub T);
+
+impl<T, S> FromRequestParts<S> for Path<T>
+where
+    T: serde::de::DeserializeOwned + Send,
+    S: Send + Sync,
+{
+    type Rejection = ApiErr;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> ApiResult<Self> {
+        match axum::extract::Path::<T>::from_request_parts(parts, state).await {
+            Ok(axum::extract::Path(v)) => Ok(Path(v)),
+            Err(e) => Err(ApiErr::bad_request("invalid_path", e.body_text())),
+        }
     }
 }

@@ -2,6 +2,7 @@
 //! one module here (today `device`, Otter's own); it registers its routes in [`router`].
 
 pub mod admin;
+pub mod conn;
 pub mod dashboard;
 pub mod device;
 pub mod extract;

@@ -55,7 +55,7 @@ pub fn document() -> Value {
                     "public_key": {"type": "string", "description": "64 hex chars"},
                     "compatible": s("string"), "name": os("string"), "enrollment_key": os("string"),
                     "os_version": os("string"), "challenge": s("string"),
-                    "signature": {"type": "string", "description": "128 hex chars: Ed25519 over 'otter-enroll-v1\\n{challenge}\\n{public_key}\\n{compatible}'"}})),
+                    "signature": {"type": "string", "description": "128 hex chars: Ed25519 over otter_proto::enroll_message v2 (challenge, public_key, compatible, name, os_version, SHA-256 of enrollment_key; see docs/api.md)"}})),
                 "EnrollResponse": obj(&["device_id", "status"], json!({
                     "device_id": s("string"), "status": {"enum": ["accepted", "pending"]},
                     "token": s("string"), "retry_after_secs": s("integer")})),
@@ -100,7 +100,7 @@ pub fn document() -> Value {
             }
         },
         "paths": {
-            "/api/v1/device/challenge": {"get": op("a fresh enrollment challenge", None, None, ("200", Some("Challenge")))},
+            "/api/v1/device/challenge": {"get": op("a fresh enrollment challenge (single-use)", None, None, ("200", Some("Challenge")))},
             "/api/v1/device/enroll": {"post": op("enroll with proof of key possession", None, Some("EnrollRequest"), ("200", Some("EnrollResponse")))},
             "/api/v1/device/target": {"get": {
                 "summary": "target state; 304 when If-None-Match matches; Otter-Poll-Interval header",
@@ -109,7 +109,7 @@ pub fn document() -> Value {
                 "responses": {"200": {"description": "target", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/TargetState"}}}},
                               "304": {"description": "unchanged"}}}},
             "/api/v1/device/report": {"post": op("report the device state", dev, Some("StateReport"), ("204", None))},
-            "/api/v1/device/logs": {"post": op("upload a batch of log lines", dev, Some("LogBatch"), ("200", Some("LogAck")))},
+            "/api/v1/device/logs": {"post": op("upload a batch of log lines (rate-limited per device: --log-rate; kept up to --log-quota per device)", dev, Some("LogBatch"), ("200", Some("LogAck")))},
             "/api/v1/device/artifacts/{release_id}": {"get": {
                 "summary": "the targeted bundle; Range supported", "security": [{"deviceToken": []}],
                 "parameters": [{"name": "release_id", "in": "path", "required": true, "schema": s("string")},
@@ -117,7 +117,7 @@ pub fn document() -> Value {
                 "responses": {"200": {"description": "whole bundle"}, "206": {"description": "the range"},
                               "403": {"description": "not targeted at this device"}}}},
             "/api/v1/admin/whoami": {"get": op("who the token belongs to", adm, None, ("200", Some("WhoAmI")))},
-            "/api/v1/admin/devices": {"get": op("devices (filters: status, compatible, version, tag, online, q, limit)", adm, None, ("200", Some("DeviceList")))},
+            "/api/v1/admin/devices": {"get": op("devices (filters: status, compatible, version, tag, online, q, limit 0 to 1000000)", adm, None, ("200", Some("DeviceList")))},
             "/api/v1/admin/devices/{id}": {"get": op("one device with its history", adm, None, ("200", Some("Device")))},
             "/api/v1/admin/devices/{id}/accept": {"post": op("accept", adm, None, ("200", Some("Device")))},
             "/api/v1/admin/devices/{id}/reject": {"post": op("reject (revokes tokens)", adm, None, ("200", Some("Device")))},

@@ -94,7 +94,14 @@ impl Artifacts {
         Ok(Some(url.to_string()))
     }
 
-    /// Where a release's bundle is kept.
+    /// Where one upload of a release's bundle is kept: `releases/{id}-{upload}.otb`. Each
+    /// upload writes its own object, so the loser of two concurrent uploads of one bundle
+    /// deletes only its own copy, never the one the database records.
+    pub fn release_upload_path(&self, release_id: &str, upload: &str) -> ObjPath {
+        self.release_path(&format!("{release_id}-{upload}"))
+    }
+
+    /// Where a release's bundle is kept (releases stored before per-upload keys).
     pub fn release_path(&self, release_id: &str) -> ObjPath {
         if self.prefix.is_empty() {
             ObjPath::from(format!("releases/{release_id}.otb"))

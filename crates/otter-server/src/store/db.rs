@@ -128,6 +128,16 @@ ALTER TABLE devices ADD COLUMN apps_json TEXT;
 CREATE INDEX devices_app_rollout ON devices (app_rollout_id);
 ALTER TABLE rollouts ADD COLUMN kind TEXT NOT NULL DEFAULT 'os'
 "#,
+    r#"
+CREATE TABLE used_challenges (challenge TEXT PRIMARY KEY, expires_at BIGINT NOT NULL);
+CREATE INDEX used_challenges_expiry ON used_challenges (expires_at)
+"#,
+    r#"
+CREATE TABLE device_log_usage (device_id TEXT PRIMARY KEY, bytes BIGINT NOT NULL);
+INSERT INTO device_log_usage (device_id, bytes) SELECT device_id, CAST(SUM(LENGTH(message) + COALESCE(LENGTH(source), 0) + LENGTH(level) + 32) AS BIGINT) FROM device_logs GROUP BY device_id;
+CREATE INDEX device_logs_received ON device_logs (received_at);
+CREATE INDEX audit_at ON audit (at)
+"#,
 ];
 
 impl Db {
@@ -144,6 +154,10 @@ impl Db {
         };
         let db = match backend {
             Backend::Sqlite => {
+                let file = super::files::sqlite_file(url);
+                if let Some(f) = &file {
+                    super::files::private_database(f)?;
+                }
                 let url = if url.contains('?') {
                     url.to_owned()
                 } else {
@@ -173,6 +187,11 @@ impl Db {
                     .connect_with(opts)
                     .await
                     .with_context(|| format!("opening SQLite database {url}"))?;
+                if let Some(f) = &file {
+                    // The -wal and -shm files exist now: SQLite made them with the database
+                    // file's mode; an older server may have left wider ones.
+                    super::files::private_database(f)?;
+                }
                 Db {
                     read,
                     write,

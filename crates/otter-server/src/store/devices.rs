@@ -74,6 +74,9 @@ pub struct DeviceFilter {
     pub limit: Option<usize>,
 }
 
+/// The largest `limit` a device listing accepts.
+pub const MAX_DEVICE_LIMIT: usize = 1_000_000;
+
 pub async fn query(db: &Db, f: &DeviceFilter, online_ms: i64) -> ApiResult<Vec<Device>> {
     let mut sql = format!("{DEVICE_SELECT} WHERE 1 = 1");
     let mut args: Vec<String> = Vec::new();
@@ -97,6 +100,12 @@ pub async fn query(db: &Db, f: &DeviceFilter, online_ms: i64) -> ApiResult<Vec<D
     }
     sql.push_str(" ORDER BY d.enrolled_at, d.id");
     let limit = f.limit.unwrap_or(1000);
+    if limit > MAX_DEVICE_LIMIT {
+        return Err(ApiErr::bad_request(
+            "invalid_filter",
+            format!("limit {limit}: use 0 to {MAX_DEVICE_LIMIT}"),
+        ));
+    }
     // Without filters applied below, the database stops at the limit.
     if f.tag.is_none() && f.online.is_none() && f.q.is_none() {
         sql.push_str(&format!(" LIMIT {limit}"));
@@ -108,6 +117,9 @@ pub async fn query(db: &Db, f: &DeviceFilter, online_ms: i64) -> ApiResult<Vec<D
     let rows = q.fetch_all(&db.read).await?;
     let mut out = Vec::new();
     for r in &rows {
+        if out.len() >= limit {
+            break;
+        }
         let d = device_from_row(r, online_ms)?;
         if f.tag.as_ref().is_some_and(|t| !d.tags.contains(t))
             || f.online.is_some_and(|o| o != d.online)
@@ -119,9 +131,6 @@ pub async fn query(db: &Db, f: &DeviceFilter, online_ms: i64) -> ApiResult<Vec<D
             continue;
         }
         out.push(d);
-        if out.len() >= limit {
-            break;
-        }
     }
     Ok(out)
 }
@@ -526,28 +535,4 @@ pub async fn store_report(
     .execute(&mut **tx)
     .await?;
     Ok(())
-}
-
-/// Stores log lines of a device, all or none.
-pub async fn insert_logs(
-    db: &Db,
-    id: &str,
-    entries: &[otter_proto::LogEntry],
-    now: i64,
-) -> sqlx::Result<()> {
-    let mut tx = db.write.begin().await?;
-    for e in entries {
-        sqlx::query(
-            "INSERT INTO device_logs (device_id, ts, received_at, level, source, message) VALUES ($1, $2, $3, $4, $5, $6)",
-        )
-        .bind(id)
-        .bind(e.ts_ms)
-        .bind(now)
-        .bind(&e.level)
-        .bind(&e.source)
-        .bind(&e.message)
-        .execute(&mut *tx)
-        .await?;
-    }
-    tx.commit().await
 }

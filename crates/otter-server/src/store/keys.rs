@@ -111,3 +111,26 @@ pub async fn insert_trusted_key(
     .rows_affected();
     Ok(n == 1)
 }
+
+/// Records `challenge` as used until `expires_at` (ms) and forgets expired ones; `false` when
+/// it was used before.
+pub async fn use_challenge(
+    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+    challenge: &str,
+    expires_at: i64,
+    now: i64,
+) -> Result<bool, sqlx::Error> {
+    sqlx::query("DELETE FROM used_challenges WHERE expires_at < $1")
+        .bind(now)
+        .execute(&mut **tx)
+        .await?;
+    let r = sqlx::query(
+        "INSERT INTO used_challenges (challenge, expires_at) VALUES ($1, $2) \
+         ON CONFLICT (challenge) DO NOTHING",
+    )
+    .bind(challenge)
+    .bind(expires_at)
+    .execute(&mut **tx)
+    .await?;
+    Ok(r.rows_affected() == 1)
+}

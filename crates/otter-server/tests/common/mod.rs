@@ -75,6 +75,7 @@ pub fn start(mut tweak: impl FnMut(&mut otter_server::Config)) -> TestServer {
         rollout_tick: Duration::from_millis(100),
         max_bundle_size: 64 << 20,
         tls: None,
+        ..Default::default()
     };
     tweak(&mut cfg);
     let kept = cfg.clone();
