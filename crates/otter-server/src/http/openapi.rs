@@ -136,6 +136,14 @@ fn device_paths() -> Vec<(&'static str, &'static str, Op)> {
     )
     .ok("200", Some("TargetState"));
     target.0["responses"]["304"] = json!({"description": "unchanged (If-None-Match matched)"});
+    // Both answers carry the target's ETag and the seconds until the next poll.
+    let headers = json!({
+        "ETag": {"required": true, "schema": {"type": "string"}, "description": "the target's ETag (quoted)"},
+        otter_proto::HEADER_POLL_INTERVAL: {"required": true, "schema": {"type": "integer", "minimum": 1}, "description": "seconds until the next poll, jitter included"}
+    });
+    for status in ["200", "304"] {
+        target.0["responses"][status]["headers"] = headers.clone();
+    }
     vec![
         (
             paths::CHALLENGE,
