@@ -220,14 +220,13 @@ pub fn check_name_chars(field: &str, v: &str) -> ApiResult<()> {
     }
 }
 
+/// At most `max` characters (as `/api/openapi.json` says: JSON Schema's `maxLength` counts
+/// characters, so a limit in bytes would refuse strings the document allows).
 pub fn check_len(field: &str, v: Option<&str>, max: usize) -> ApiResult<()> {
-    match v {
-        Some(s) if s.len() > max => Err(ApiErr::bad_request(
+    match v.map(|s| s.chars().count()) {
+        Some(n) if n > max => Err(ApiErr::bad_request(
             "invalid_field",
-            format!(
-                "{field} is {} bytes long; at most {max} are allowed",
-                s.len()
-            ),
+            format!("{field} is {n} characters long; at most {max} are allowed"),
         )),
         _ => Ok(()),
     }

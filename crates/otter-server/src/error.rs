@@ -2,6 +2,7 @@
 //! the problem. Server-side faults are logged with their cause and answered with a short message.
 
 use axum::Json;
+use axum::body::Bytes;
 use axum::extract::rejection::JsonRejection;
 use axum::extract::{FromRequest, Request};
 use axum::http::StatusCode;
@@ -94,18 +95,16 @@ where
 
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
         let (parts, body) = req.into_parts();
-        let bytes =
-            match axum::body::Bytes::from_request(Request::from_parts(parts.clone(), body), state)
-                .await
-            {
-                Ok(b) => b,
-                Err(rej) if rej.status() == StatusCode::PAYLOAD_TOO_LARGE => {
-                    return Err(too_large(rej.status()));
-                }
-                Err(rej) => return Err(ApiErr::new(rej.status(), "invalid_body", rej.body_text())),
-            };
+        let bytes = match Bytes::from_request(Request::from_parts(parts.clone(), body), state).await
+        {
+            Ok(b) => b,
+            Err(rej) if rej.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+                return Err(too_large(rej.status()));
+            }
+            Err(rej) => return Err(ApiErr::new(rej.status(), "invalid_body", rej.body_text())),
+        };
         let array = bytes.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'[');
-        let req = Request::from_parts(parts, axum::body::Body::from(bytes));
+        let req = Request::from_parts(parts, axum::body::Body::from(bytes.clone()));
         match Json::<T>::from_request(req, state).await {
             Ok(_) if array => Err(ApiErr::new(
                 StatusCode::UNPROCESSABLE_ENTITY,
@@ -113,9 +112,47 @@ where
                 "the JSON body must be an object, not an array",
             )),
             Ok(Json(v)) => Ok(JsonBody(v)),
+            Err(rej @ JsonRejection::JsonDataError(_)) => integral_floats_as_integers(&bytes)
+                .and_then(|v| serde_json::from_value(v).ok())
+                .map(JsonBody)
+                .ok_or_else(|| json_rejection(rej)),
             Err(rej) => Err(json_rejection(rej)),
         }
     }
+}
+
+/// The body with every number that has a zero fraction (`5.0`) written as an integer, if it
+/// has any: JSON (and JSON Schema, hence `/api/openapi.json`) does not tell `5.0` from `5`, but
+/// serde refuses `5.0` for an integer field.
+fn integral_floats_as_integers(bytes: &[u8]) -> Option<serde_json::Value> {
+    use serde_json::Value;
+    fn walk(v: &mut Value) -> bool {
+        match v {
+            Value::Number(n) if n.is_f64() => {
+                let f = n.as_f64().unwrap_or(f64::NAN);
+                // Exactly representable integers only (|f| < 2^53).
+                if f.fract() == 0.0 && f.abs() < 9_007_199_254_740_992.0 {
+                    *v = Value::from(f as i64);
+                    true
+                } else {
+                    false
+                }
+            }
+            Value::Array(a) => each(a.iter_mut()),
+            Value::Object(o) => each(o.values_mut()),
+            _ => false,
+        }
+    }
+    // Every element, not only up to the first changed one.
+    fn each<'a>(items: impl Iterator<Item = &'a mut Value>) -> bool {
+        let mut changed = false;
+        for x in items {
+            changed |= walk(x);
+        }
+        changed
+    }
+    let mut v: Value = serde_json::from_slice(bytes).ok()?;
+    walk(&mut v).then_some(v)
 }
 
 fn json_rejection(rej: JsonRejection) -> ApiErr {

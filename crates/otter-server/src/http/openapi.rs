@@ -1,198 +1,472 @@
 //! `/api/openapi.json`: an OpenAPI 3.1 description of the device and admin APIs. Written by hand
 //! from the `otter-proto` types (deriving it would tie the serde-only proto crate to an OpenAPI
-//! library); a test checks every route in the router is described.
+//! library); a test checks every route in the router is described, and `scripts/api-fuzz` runs
+//! schemathesis against it (every answer conforms, every refusal is documented).
+
+mod schemas;
 
 use axum::Json;
-use serde_json::{Value, json};
+use otter_proto::paths::{self, admin as a};
+use serde_json::{Map, Value, json};
 
-fn obj(required: &[&str], props: Value) -> Value {
-    json!({"type": "object", "required": required, "properties": props})
+use schemas::r;
+
+/// Who may call an operation.
+#[derive(Clone, Copy)]
+enum Auth {
+    Anyone,
+    Device,
+    Admin,
 }
 
-fn op(summary: &str, auth: Option<&str>, body: Option<&str>, ok: (&str, Option<&str>)) -> Value {
-    let mut o = json!({
-        "summary": summary,
-        "responses": {
-            ok.0: match ok.1 {
-                Some(s) => json!({"description": "success", "content": {"application/json": {"schema": {"$ref": format!("#/components/schemas/{s}")}}}}),
-                None => json!({"description": "success"}),
-            },
-            "4XX": {"description": "refused", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ApiError"}}}}
+/// One operation, built up from its summary.
+struct Op(Value);
+
+fn json_content(schema: Value) -> Value {
+    json!({"application/json": {"schema": schema}})
+}
+
+fn error(description: &str) -> Value {
+    json!({"description": description, "content": json_content(r("ApiError"))})
+}
+
+impl Op {
+    fn new(summary: &str, auth: Auth) -> Op {
+        let mut o = json!({
+            "summary": summary,
+            "responses": {"4XX": error("refused: the ApiError's `error` says why (docs/api.md)")},
+        });
+        match auth {
+            Auth::Anyone => o["security"] = json!([]),
+            Auth::Device => {
+                o["security"] = json!([{"deviceToken": []}]);
+                o["responses"]["401"] = error("no token, not a device token, or a revoked one");
+                o["responses"]["403"] =
+                    error("the device is not accepted, or the artifact is not its target");
+            }
+            Auth::Admin => {
+                o["security"] = json!([{"adminToken": []}]);
+                o["responses"]["401"] = error("no token, not an admin token, or a revoked one");
+            }
         }
-    });
-    if let Some(a) = auth {
-        o["security"] = json!([{ a: [] }]);
+        Op(o)
     }
-    if let Some(b) = body {
-        let content = if b == "bundle" {
-            json!({"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}})
-        } else {
-            json!({"application/json": {"schema": {"$ref": format!("#/components/schemas/{b}")}}})
+    /// `status` answers with a JSON body of `schema` (`None`: no body).
+    fn ok(mut self, status: &str, schema: Option<&str>) -> Op {
+        self.0["responses"][status] = match schema {
+            Some(s) => json!({"description": "success", "content": json_content(r(s))}),
+            None => json!({"description": "success, no body"}),
         };
-        o["requestBody"] = json!({"required": true, "content": content});
+        self
     }
+    /// Documents a refusal the operation makes for a well-formed request.
+    fn refuses(mut self, status: &str, why: &str) -> Op {
+        self.0["responses"][status] = error(why);
+        self
+    }
+    fn body(mut self, schema: &str) -> Op {
+        self.0["requestBody"] = json!({"required": true, "content": json_content(r(schema))});
+        self.0["responses"]["400"] = error("the body is not JSON, or a value is out of range");
+        self.0["responses"]["415"] = error("the body needs Content-Type: application/json");
+        self.0["responses"]["422"] =
+            error("JSON of the wrong shape (unknown field, wrong type, missing field)");
+        self
+    }
+    fn param(mut self, name: &str, place: &str, schema: Value, description: &str) -> Op {
+        let mut p =
+            json!({"name": name, "in": place, "schema": schema, "description": description});
+        if place == "path" {
+            p["required"] = json!(true);
+        }
+        match self.0["parameters"].as_array_mut() {
+            Some(ps) => ps.push(p),
+            None => self.0["parameters"] = json!([p]),
+        }
+        self
+    }
+    /// The `{id}` path parameter.
+    fn id(self, what: &str) -> Op {
+        self.param("id", "path", json!({"type": "string"}), what)
+    }
+    fn query(self, name: &str, schema: Value, description: &str) -> Op {
+        self.param(name, "query", schema, description)
+    }
+}
+
+fn limit(max: u64, default: u64) -> Value {
+    json!({"type": "integer", "format": "int64", "minimum": 0, "maximum": max, "default": default})
+}
+
+fn device_paths() -> Vec<(&'static str, &'static str, Op)> {
+    use Auth::*;
+    let artifact = format!("{}/{{release_id}}", paths::ARTIFACTS);
+    let artifact: &'static str = Box::leak(artifact.into_boxed_str());
+    let bytes =
+        json!({"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}});
+    let mut art = Op::new(
+        "the targeted bundle; one Range is answered with 206",
+        Device,
+    )
+    .param(
+        "release_id",
+        "path",
+        json!({"type": "string"}),
+        "a release id (TargetRelease.release_id)",
+    )
+    .param(
+        "Range",
+        "header",
+        json!({"type": "string"}),
+        "bytes=START-END",
+    )
+    .refuses("404", "no such release")
+    .refuses("416", "the Range does not fit the bundle");
+    art.0["responses"]["200"] =
+        json!({"description": "the whole bundle", "content": bytes.clone()});
+    art.0["responses"]["206"] = json!({"description": "the range", "content": bytes});
+    let mut target = Op::new(
+        "the target state (ETag; Otter-Poll-Interval header)",
+        Device,
+    )
+    .param(
+        "If-None-Match",
+        "header",
+        json!({"type": "string"}),
+        "the ETag of the target the device has",
+    )
+    .ok("200", Some("TargetState"));
+    target.0["responses"]["304"] = json!({"description": "unchanged (If-None-Match matched)"});
+    // Both answers carry the target's ETag and the seconds until the next poll.
+    let headers = json!({
+        "ETag": {"required": true, "schema": {"type": "string"}, "description": "the target's ETag (quoted)"},
+        otter_proto::HEADER_POLL_INTERVAL: {"required": true, "schema": {"type": "integer", "minimum": 1}, "description": "seconds until the next poll, jitter included"}
+    });
+    for status in ["200", "304"] {
+        target.0["responses"][status]["headers"] = headers.clone();
+    }
+    vec![
+        (
+            paths::CHALLENGE,
+            "get",
+            Op::new("a fresh enrollment challenge (single-use)", Anyone).ok("200", Some("Challenge")),
+        ),
+        (
+            paths::ENROLL,
+            "post",
+            Op::new("enroll with proof of key possession", Anyone)
+                .body("EnrollRequest")
+                .ok("200", Some("EnrollResponse"))
+                .refuses("403", "rejected or revoked device, or a bad enrollment key")
+                .refuses(
+                    "409",
+                    "the challenge was used already, or the device is known with another compatible",
+                )
+                .refuses("429", "too many enrollment requests from this address"),
+        ),
+        (paths::TARGET, "get", target),
+        (
+            paths::REPORT,
+            "post",
+            Op::new("report the device state", Device)
+                .body("StateReport")
+                .ok("204", None),
+        ),
+        (
+            paths::LOGS,
+            "post",
+            Op::new(
+                "upload a batch of log lines (kept up to --log-quota per device, oldest pruned first)",
+                Device,
+            )
+            .body("LogBatch")
+            .ok("200", Some("LogAck"))
+            .refuses("413", "more than 1000 entries, or a body over 1 MiB")
+            .refuses("429", "over the device's log rate (--log-rate)"),
+        ),
+        (artifact, "get", art),
+    ]
+}
+
+fn admin_paths() -> Vec<(&'static str, &'static str, Op)> {
+    use Auth::Admin as A;
+    let device = "a device id";
+    let rollout = "a rollout id";
+    vec![
+        (
+            a::WHOAMI,
+            "get",
+            Op::new("who the token belongs to", A).ok("200", Some("WhoAmI")),
+        ),
+        (
+            a::DEVICES,
+            "get",
+            Op::new("devices, oldest enrollment first", A)
+                .query(
+                    "status",
+                    json!({"enum": ["pending", "accepted", "rejected", "revoked"]}),
+                    "only devices in this status",
+                )
+                .query("compatible", json!({"type": "string"}), "only this board")
+                .query(
+                    "version",
+                    json!({"type": "string"}),
+                    "only devices running this OS version",
+                )
+                .query(
+                    "tag",
+                    json!({"type": "string"}),
+                    "only devices with this tag",
+                )
+                .query(
+                    "online",
+                    json!({"type": "boolean"}),
+                    "only online (true) or offline (false) devices",
+                )
+                .query(
+                    "q",
+                    json!({"type": "string"}),
+                    "a substring of the id or name",
+                )
+                .query("limit", limit(1_000_000, 1000), "at most this many devices")
+                .ok("200", Some("DeviceList")),
+        ),
+        (
+            a::DEVICE,
+            "get",
+            Op::new("one device with its history", A)
+                .id(device)
+                .ok("200", Some("DeviceDetail"))
+                .refuses("404", "no such device"),
+        ),
+        (
+            a::DEVICE_ACCEPT,
+            "post",
+            Op::new("accept a pending, rejected or revoked device", A)
+                .id(device)
+                .ok("200", Some("Device"))
+                .refuses("404", "no such device")
+                .refuses("409", "already accepted"),
+        ),
+        (
+            a::DEVICE_REJECT,
+            "post",
+            Op::new("reject a device (revokes its tokens)", A)
+                .id(device)
+                .ok("200", Some("Device"))
+                .refuses("404", "no such device")
+                .refuses("409", "already rejected"),
+        ),
+        (
+            a::DEVICE_REVOKE,
+            "post",
+            Op::new("revoke an accepted device's tokens", A)
+                .id(device)
+                .ok("200", Some("Device"))
+                .refuses("404", "no such device")
+                .refuses("409", "not accepted"),
+        ),
+        (
+            a::DEVICE_TAGS,
+            "post",
+            Op::new("add and remove tags", A)
+                .id(device)
+                .body("TagChange")
+                .ok("200", Some("Device"))
+                .refuses("404", "no such device"),
+        ),
+        (
+            a::DEVICE_PIN,
+            "post",
+            Op::new("pin to a release, or unpin", A)
+                .id(device)
+                .body("PinRequest")
+                .ok("200", Some("Device"))
+                .refuses("404", "no such device or release")
+                .refuses("409", "the release is for another board"),
+        ),
+        (
+            a::DEVICE_PIN_APPS,
+            "post",
+            Op::new("pin the apps to an app release, or unpin", A)
+                .id(device)
+                .body("PinAppsRequest")
+                .ok("200", Some("Device"))
+                .refuses("404", "no such device or app release"),
+        ),
+        (
+            a::DEVICE_LOGS,
+            "get",
+            Op::new(
+                "a device's log lines: after `after` (oldest first), else the newest",
+                A,
+            )
+            .id(device)
+            .query(
+                "after",
+                json!({"type": "integer", "format": "int64"}),
+                "only lines with a greater id",
+            )
+            .query(
+                "limit",
+                json!({"type": "integer", "format": "int64", "default": 200}),
+                "at most this many lines (1 to 10000)",
+            )
+            .ok("200", Some("LogLines"))
+            .refuses("404", "no such device"),
+        ),
+        (
+            a::ENROLLMENT_KEYS,
+            "get",
+            Op::new("enrollment keys (without secrets)", A).ok("200", Some("EnrollmentKeyList")),
+        ),
+        (
+            a::ENROLLMENT_KEYS,
+            "post",
+            Op::new("create an enrollment key (its secret is shown once)", A)
+                .body("CreateEnrollmentKey")
+                .ok("201", Some("EnrollmentKey")),
+        ),
+        (
+            a::ENROLLMENT_KEY_REVOKE,
+            "post",
+            Op::new("revoke an enrollment key", A)
+                .id("an enrollment key id")
+                .ok("204", None)
+                .refuses("404", "no such enrollment key"),
+        ),
+        (
+            a::KEYS,
+            "get",
+            Op::new("trusted release keys", A).ok("200", Some("TrustedKeyList")),
+        ),
+        (
+            a::KEYS,
+            "post",
+            Op::new("trust a release key", A)
+                .body("AddTrustedKey")
+                .ok("201", Some("TrustedKey"))
+                .refuses("409", "already trusted"),
+        ),
+        (
+            a::RELEASES,
+            "get",
+            Op::new("releases", A).ok("200", Some("ReleaseList")),
+        ),
+        (
+            a::APP_RELEASES,
+            "get",
+            Op::new("app releases (without their sets)", A).ok("200", Some("AppReleaseList")),
+        ),
+        (
+            a::APP_RELEASES,
+            "post",
+            Op::new(
+                "upload an app release: compose subset checked, every image pinned by digest",
+                A,
+            )
+            .body("UploadAppRelease")
+            .ok("201", Some("AppRelease"))
+            .refuses("409", "an app release with this version exists"),
+        ),
+        (
+            a::APP_RELEASE,
+            "get",
+            Op::new("one app release (id or version) with its set", A)
+                .id("an app release id or version")
+                .ok("200", Some("AppRelease"))
+                .refuses("404", "no such app release"),
+        ),
+        (
+            a::ROLLOUTS,
+            "get",
+            Op::new("rollouts", A).ok("200", Some("RolloutList")),
+        ),
+        (
+            a::ROLLOUTS,
+            "post",
+            Op::new("create a phased rollout", A)
+                .body("CreateRollout")
+                .ok("201", Some("Rollout"))
+                .refuses("404", "no such release")
+                .refuses("409", "a rollout of this release is active"),
+        ),
+        (
+            a::ROLLOUT,
+            "get",
+            Op::new("a rollout's phases, failures and events", A)
+                .id(rollout)
+                .ok("200", Some("Rollout"))
+                .refuses("404", "no such rollout"),
+        ),
+        (
+            a::ROLLOUT_ACTION,
+            "post",
+            Op::new("pause, resume or abort a rollout", A)
+                .id(rollout)
+                .param(
+                    "action",
+                    "path",
+                    json!({"enum": ["pause", "resume", "abort"]}),
+                    "what to do",
+                )
+                .ok("200", Some("Rollout"))
+                .refuses("404", "no such rollout, or another action")
+                .refuses("409", "the rollout's state does not allow it"),
+        ),
+        (
+            a::AUDIT,
+            "get",
+            Op::new("recorded state changes, newest first", A)
+                .query(
+                    "subject",
+                    json!({"type": "string"}),
+                    "only changes of this subject (device:ID, rollout:ID, …)",
+                )
+                .query(
+                    "limit",
+                    json!({"type": "integer", "format": "int64", "default": 200}),
+                    "at most this many (1 to 10000)",
+                )
+                .ok("200", Some("AuditList")),
+        ),
+    ]
+}
+
+/// The release upload: the bundle file as the body (no JSON, no size limit but the server's).
+fn upload_release() -> Op {
+    let mut o = Op::new("upload a signed bundle", Auth::Admin)
+        .ok("201", Some("Release"))
+        .refuses("400", "not a bundle, or not signed by a trusted key")
+        .refuses("409", "a release with this version and board exists")
+        .refuses("413", "larger than --max-bundle-size");
+    o.0["requestBody"] = json!({"required": true, "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}});
     o
 }
 
 pub fn document() -> Value {
-    let s = |t: &str| json!({"type": t});
-    let os = |t: &str| json!({"type": [t, "null"]});
-    let dev = Some("deviceToken");
-    let adm = Some("adminToken");
-    let mut doc = json!({
+    let mut paths_obj = Map::new();
+    let all = device_paths().into_iter().chain(admin_paths()).chain([(
+        a::RELEASES,
+        "post",
+        upload_release(),
+    )]);
+    for (path, method, op) in all {
+        let entry = paths_obj.entry(path).or_insert_with(|| json!({}));
+        entry[method] = op.0;
+    }
+    json!({
         "openapi": "3.1.0",
         "info": {"title": "Otter fleet server", "version": env!("CARGO_PKG_VERSION"),
                  "description": "Device and admin API of otter server. See docs/api.md."},
+        "security": [],
         "components": {
             "securitySchemes": {
                 "deviceToken": {"type": "http", "scheme": "bearer", "description": "token from /api/v1/device/enroll"},
                 "adminToken": {"type": "http", "scheme": "bearer", "description": "admin token printed by otter server"}
             },
-            "schemas": {
-                "ApiError": obj(&["error", "message"], json!({"error": s("string"), "message": s("string")})),
-                "Challenge": obj(&["challenge", "expires_in_secs"], json!({"challenge": s("string"), "expires_in_secs": s("integer")})),
-                "EnrollRequest": obj(&["public_key", "compatible", "challenge", "signature"], json!({
-                    "public_key": {"type": "string", "description": "64 hex chars"},
-                    "compatible": s("string"), "name": os("string"), "enrollment_key": os("string"),
-                    "os_version": os("string"), "challenge": s("string"),
-                    "signature": {"type": "string", "description": "128 hex chars: Ed25519 over otter_proto::enroll_message v2 (challenge, public_key, compatible, name, os_version, SHA-256 of enrollment_key; see docs/api.md)"}})),
-                "EnrollResponse": obj(&["device_id", "status"], json!({
-                    "device_id": s("string"), "status": {"enum": ["accepted", "pending"]},
-                    "token": s("string"), "retry_after_secs": s("integer")})),
-                "TargetRelease": obj(&["release_id", "version", "compatible", "url", "size", "manifest_digest"], json!({
-                    "release_id": s("string"), "version": s("string"), "compatible": s("string"), "url": s("string"),
-                    "size": s("integer"), "manifest_digest": s("string"), "rollout_id": os("string")})),
-                "TargetState": obj(&["device_id", "release", "poll_interval_secs"], json!({
-                    "device_id": s("string"),
-                    "release": {"oneOf": [{"$ref": "#/components/schemas/TargetRelease"}, {"type": "null"}]},
-                    "poll_interval_secs": s("integer"),
-                    "apps": {"$ref": "#/components/schemas/TargetApps", "description": "absent: keep the apps the device runs"}})),
-                "UpdateReport": obj(&["version", "phase"], json!({
-                    "version": s("string"),
-                    "phase": {"enum": ["downloading", "installing", "installed", "rebooting", "trying", "committed", "failed", "rolled_back"]},
-                    "progress": {"type": ["integer", "null"], "minimum": 0, "maximum": 100}, "error": os("string")})),
-                "StateReport": {"type": "object", "additionalProperties": false, "properties": {
-                    "os_version": os("string"), "booted_slot": {"enum": ["a", "b", null]},
-                    "update": {"oneOf": [{"$ref": "#/components/schemas/UpdateReport"}, {"type": "null"}]},
-                    "rollbacks": {"type": "array", "items": obj(&["version", "reason"], json!({"version": s("string"), "reason": s("string"), "at_ms": os("integer")}))},
-                    "health": {"enum": ["healthy", "degraded", "unhealthy", null]},
-                    "uptime_secs": os("integer"), "free_bytes": os("integer"),
-                    "apps": {"oneOf": [{"$ref": "#/components/schemas/AppsReport"}, {"type": "null"}]}}},
-                "LogBatch": obj(&["entries"], json!({"entries": {"type": "array", "maxItems": 1000, "items": obj(&["ts_ms", "message"], json!({
-                    "ts_ms": s("integer"), "level": s("string"), "source": os("string"), "message": s("string")}))}})),
-                "LogAck": obj(&["accepted"], json!({"accepted": s("integer")})),
-                "Device": {"type": "object", "description": "otter_proto::admin::Device"},
-                "DeviceList": {"type": "array", "items": {"$ref": "#/components/schemas/Device"}},
-                "Release": {"type": "object", "description": "otter_proto::admin::Release"},
-                "ReleaseList": {"type": "array", "items": {"$ref": "#/components/schemas/Release"}},
-                "Rollout": {"type": "object", "description": "otter_proto::admin::Rollout"},
-                "RolloutList": {"type": "array", "items": {"$ref": "#/components/schemas/Rollout"}},
-                "CreateRollout": {"type": "object", "description": "otter_proto::admin::CreateRollout: `release` (OS release) or `app_release`, selector, phases, thresholds, device_deadline_secs"},
-                "TagChange": obj(&[], json!({"add": {"type": "array", "items": s("string")}, "remove": {"type": "array", "items": s("string")}})),
-                "PinRequest": obj(&["release"], json!({"release": os("string")})),
-                "EnrollmentKey": {"type": "object", "description": "otter_proto::admin::EnrollmentKey"},
-                "CreateEnrollmentKey": obj(&["name"], json!({"name": s("string")})),
-                "TrustedKey": {"type": "object", "description": "otter_proto::admin::TrustedKey"},
-                "AddTrustedKey": obj(&["pem"], json!({"pem": s("string")})),
-                "LogLines": {"type": "array", "items": {"type": "object", "description": "otter_proto::admin::StoredLogEntry"}},
-                "AuditList": {"type": "array", "items": {"type": "object", "description": "otter_proto::admin::AuditEntry"}},
-                "WhoAmI": obj(&["admin", "server_version"], json!({"admin": s("string"), "server_version": s("string")}))
-            }
+            "schemas": schemas::all(),
         },
-        "paths": {
-            "/api/v1/device/challenge": {"get": op("a fresh enrollment challenge (single-use)", None, None, ("200", Some("Challenge")))},
-            "/api/v1/device/enroll": {"post": op("enroll with proof of key possession", None, Some("EnrollRequest"), ("200", Some("EnrollResponse")))},
-            "/api/v1/device/target": {"get": {
-                "summary": "target state; 304 when If-None-Match matches; Otter-Poll-Interval header",
-                "security": [{"deviceToken": []}],
-                "parameters": [{"name": "If-None-Match", "in": "header", "schema": s("string")}],
-                "responses": {"200": {"description": "target", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/TargetState"}}}},
-                              "304": {"description": "unchanged"}}}},
-            "/api/v1/device/report": {"post": op("report the device state", dev, Some("StateReport"), ("204", None))},
-            "/api/v1/device/logs": {"post": op("upload a batch of log lines (rate-limited per device: --log-rate; kept up to --log-quota per device)", dev, Some("LogBatch"), ("200", Some("LogAck")))},
-            "/api/v1/device/artifacts/{release_id}": {"get": {
-                "summary": "the targeted bundle; Range supported", "security": [{"deviceToken": []}],
-                "parameters": [{"name": "release_id", "in": "path", "required": true, "schema": s("string")},
-                               {"name": "Range", "in": "header", "schema": s("string")}],
-                "responses": {"200": {"description": "whole bundle"}, "206": {"description": "the range"},
-                              "403": {"description": "not targeted at this device"}}}},
-            "/api/v1/admin/whoami": {"get": op("who the token belongs to", adm, None, ("200", Some("WhoAmI")))},
-            "/api/v1/admin/devices": {"get": op("devices (filters: status, compatible, version, tag, online, q, limit 0 to 1000000)", adm, None, ("200", Some("DeviceList")))},
-            "/api/v1/admin/devices/{id}": {"get": op("one device with its history", adm, None, ("200", Some("Device")))},
-            "/api/v1/admin/devices/{id}/accept": {"post": op("accept", adm, None, ("200", Some("Device")))},
-            "/api/v1/admin/devices/{id}/reject": {"post": op("reject (revokes tokens)", adm, None, ("200", Some("Device")))},
-            "/api/v1/admin/devices/{id}/revoke": {"post": op("revoke the device's tokens", adm, None, ("200", Some("Device")))},
-            "/api/v1/admin/devices/{id}/tags": {"post": op("add/remove tags", adm, Some("TagChange"), ("200", Some("Device")))},
-            "/api/v1/admin/devices/{id}/pin": {"post": op("pin to a release or unpin", adm, Some("PinRequest"), ("200", Some("Device")))},
-            "/api/v1/admin/devices/{id}/pin-apps": {"post": op("pin the device's apps to an app release or unpin", adm, Some("PinAppsRequest"), ("200", Some("Device")))},
-            "/api/v1/admin/devices/{id}/logs": {"get": op("log lines (after, limit)", adm, None, ("200", Some("LogLines")))},
-            "/api/v1/admin/enrollment-keys": {
-                "get": op("enrollment keys (no secrets)", adm, None, ("200", Some("EnrollmentKey"))),
-                "post": op("create an enrollment key (secret shown once)", adm, Some("CreateEnrollmentKey"), ("201", Some("EnrollmentKey")))},
-            "/api/v1/admin/enrollment-keys/{id}/revoke": {"post": op("revoke an enrollment key", adm, None, ("204", None))},
-            "/api/v1/admin/keys": {
-                "get": op("trusted release keys", adm, None, ("200", Some("TrustedKey"))),
-                "post": op("trust a release key", adm, Some("AddTrustedKey"), ("201", Some("TrustedKey")))},
-            "/api/v1/admin/releases": {
-                "get": op("releases", adm, None, ("200", Some("ReleaseList"))),
-                "post": op("upload a signed bundle", adm, Some("bundle"), ("201", Some("Release")))},
-            "/api/v1/admin/app-releases": {
-                "get": op("app releases (without their sets)", adm, None, ("200", Some("AppReleaseList"))),
-                "post": op("upload an app release: compose subset checked, every image pinned by digest", adm, Some("UploadAppRelease"), ("201", Some("AppRelease")))},
-            "/api/v1/admin/app-releases/{id}": {"get": op("one app release (id or version) with its set", adm, None, ("200", Some("AppRelease")))},
-            "/api/v1/admin/rollouts": {
-                "get": op("rollouts", adm, None, ("200", Some("RolloutList"))),
-                "post": op("create a phased rollout", adm, Some("CreateRollout"), ("201", Some("Rollout")))},
-            "/api/v1/admin/rollouts/{id}": {"get": op("a rollout's phases, failures and events", adm, None, ("200", Some("Rollout")))},
-            "/api/v1/admin/rollouts/{id}/{action}": {"post": op("pause, resume or abort", adm, None, ("200", Some("Rollout")))},
-            "/api/v1/admin/audit": {"get": op("recorded state changes (subject, limit)", adm, None, ("200", Some("AuditList")))}
-        }
-    });
-    if let (Some(all), Value::Object(apps)) =
-        (doc["components"]["schemas"].as_object_mut(), app_schemas())
-    {
-        all.extend(apps);
-    }
-    doc
-}
-
-/// The schemas of app releases (apart from the rest: one `json!` of everything would exceed
-/// the macro recursion limit).
-fn app_schemas() -> Value {
-    let s = |t: &str| json!({"type": t});
-    let os = |t: &str| json!({"type": [t, "null"]});
-    json!({
-                "AppSet": {"type": "object", "additionalProperties": false, "required": ["apps"], "properties": {
-                    "apps": {"type": "array", "items": {"type": "object", "additionalProperties": false, "required": ["name", "compose"], "properties": {
-                        "name": {"type": "string", "description": "a-z 0-9 - _, 1-63 characters"},
-                        "compose": {"type": "string", "description": "compose file text (the subset of docs/apps.md)"},
-                        "images": {"type": "object", "additionalProperties": s("string"), "description": "service → image reference (NAME@sha256:…)"}}}}}},
-                "TargetApps": obj(&["app_release_id", "version", "digest", "set"], json!({
-                    "app_release_id": s("string"), "version": s("string"),
-                    "digest": {"type": "string", "description": "SHA-256 hex of the set's JSON as serialised by the server"},
-                    "set": {"$ref": "#/components/schemas/AppSet"}, "rollout_id": os("string")})),
-                "AppsReport": {"type": "object", "additionalProperties": false, "required": ["source"], "properties": {
-                    "source": {"enum": ["builtin", "applied", "release"]},
-                    "app_release_id": os("string"), "version": os("string"),
-                    "last_apply": {"oneOf": [{"type": "null"}, {"type": "object", "additionalProperties": false, "required": ["app_release_id", "version", "phase"], "properties": {
-                        "app_release_id": s("string"), "version": s("string"),
-                        "phase": {"enum": ["applying", "applied", "rolled_back", "failed", "refused", "deferred"]},
-                        "progress": os("string"), "error": os("string"),
-                        "apps": {"type": "array", "items": obj(&["app", "result"], json!({"app": s("string"), "result": s("string"), "reason": os("string")}))}}}]},
-                    "services": {"type": "array", "maxItems": 500, "items": obj(&["app", "service", "image", "state", "health"], json!({
-                        "app": s("string"), "service": s("string"), "image": s("string"),
-                        "state": {"enum": ["running", "starting", "exited", "failed", "inactive", "unknown"]},
-                        "health": {"enum": ["none", "starting", "healthy", "unhealthy"]}, "restarts": s("integer")}))}}},
-                "PinAppsRequest": obj(&["app_release"], json!({"app_release": os("string")})),
-                "UploadAppRelease": {"type": "object", "additionalProperties": false, "required": ["version", "set"], "properties": {
-                    "version": {"type": "string", "description": "1-64 of A-Z a-z 0-9 . _ - +, unique"},
-                    "set": {"$ref": "#/components/schemas/AppSet"}}},
-                "AppRelease": obj(&["id", "version", "digest", "apps", "images", "uploaded_at_ms", "uploaded_by"], json!({
-                    "id": s("string"), "version": s("string"), "digest": s("string"),
-                    "apps": {"type": "array", "items": s("string")}, "images": {"type": "array", "items": s("string")},
-                    "uploaded_at_ms": s("integer"), "uploaded_by": s("string"),
-                    "set": {"$ref": "#/components/schemas/AppSet", "description": "only in GET /app-releases/{id}"}})),
-                "AppReleaseList": {"type": "array", "items": {"$ref": "#/components/schemas/AppRelease"}}
+        "paths": paths_obj,
     })
 }
 
@@ -202,6 +476,8 @@ pub async fn handler() -> Json<Value> {
 
 #[cfg(test)]
 mod tests {
+    use serde_json::Value;
+
     #[test]
     fn describes_every_api_route() {
         let doc = super::document();
@@ -218,20 +494,39 @@ mod tests {
                 assert!(paths.contains_key(&p), "{p} missing from openapi.json");
             }
         }
-        for (_, p) in [
-            ("challenge", otter_proto::paths::CHALLENGE),
-            ("enroll", otter_proto::paths::ENROLL),
-            ("target", otter_proto::paths::TARGET),
-            ("report", otter_proto::paths::REPORT),
-            ("logs", otter_proto::paths::LOGS),
-        ] {
-            assert!(paths.contains_key(p), "{p}");
-        }
         // Every $ref resolves.
         let text = doc.to_string();
         for piece in text.split("#/components/schemas/").skip(1) {
             let name = piece.split('"').next().unwrap();
             assert!(doc["components"]["schemas"].get(name).is_some(), "{name}");
+        }
+    }
+
+    #[test]
+    fn declares_every_path_parameter() {
+        let doc = super::document();
+        for (path, item) in doc["paths"].as_object().unwrap() {
+            let wanted: Vec<&str> = path
+                .split('{')
+                .skip(1)
+                .filter_map(|p| p.split('}').next())
+                .collect();
+            for (method, op) in item.as_object().unwrap() {
+                let declared: Vec<&str> = op["parameters"]
+                    .as_array()
+                    .map(|ps| {
+                        ps.iter()
+                            .filter(|p| p["in"] == "path")
+                            .filter_map(|p| p["name"].as_str())
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                assert_eq!(declared, wanted, "{method} {path}");
+                assert!(op["responses"]["4XX"].is_object(), "{method} {path}");
+                if op["security"] != Value::Array(vec![]) {
+                    assert!(op["responses"]["401"].is_object(), "{method} {path}");
+                }
+            }
         }
     }
 }
