@@ -68,6 +68,8 @@ pub struct Variant {
     /// Executables for `/etc/otter/health.d/`: (name, shell script body).
     pub health_checks: Vec<(String, String)>,
     pub deadline_secs: u64,
+    /// Trial boots an update gets (`[health] boot_tries`); 0 keeps the default (1).
+    pub boot_tries: u8,
     /// Built-in container apps (`[[apps]]`).
     pub apps: Vec<VariantApp>,
     /// Extra files in the root: (path relative to `/`, content).
@@ -210,7 +212,7 @@ root_authorized_keys = ["{ssh_pub}"]
 [health]
 deadline_secs = {deadline}
 units = ["ssh.service"]
-"#,
+{tries}"#,
             version = v.version,
             key = self.dir.join("keys/otter-signing.key").display(),
             // A TCG guest on a busy host can fail the kernel's IO-APIC timer check and panic
@@ -221,6 +223,11 @@ units = ["ssh.service"]
                 300
             } else {
                 v.deadline_secs
+            },
+            tries = if v.boot_tries == 0 {
+                String::new()
+            } else {
+                format!("boot_tries = {}\n", v.boot_tries)
             },
         );
         let mut toml = toml;

@@ -12,13 +12,14 @@
 //! - keep the canary (4 MiB of random bytes on the data partition, written and synced just before
 //!   the round) byte for byte.
 //!
-//! Then the trial boot of an update is cut twice in a row (tries 1 and 2 of 3), and the update
-//! must still commit: repeated cuts never roll back a good update within the documented try
-//! count. That is also the "second update succeeds" check.
+//! Then the trial boot of an update is cut twice in a row (tries 1 and 2 of the 3 these images
+//! allow, `[health] boot_tries = 3`; the default is 1), and the update must still commit:
+//! repeated cuts never roll back a good update within the documented try count. That is also
+//! the "second update succeeds" check.
 //!
 //! `OTTER_POWER_CUTS` rounds (default 2, CI's bounded sample), `OTTER_POWER_CUT_SEED` to repeat a
 //! run (printed at the start), `OTTER_POWER_CUT_WINDOW` seconds of delay range (default 150).
-//! `scripts/power-cuts N` runs a long campaign; figures in docs/power-cuts.md.
+//! `scripts/power-cuts N` runs a long campaign; figures in docs/proof.md.
 
 use anyhow::{Context, Result, bail, ensure};
 use otter_e2e::scenario::{Device, Release, Variant, Workbench, guest_url, phase, serve};
@@ -95,8 +96,21 @@ struct Round {
 fn scenario() -> Result<()> {
     let base = otter_e2e::test_dir("power_cuts")?;
     let wb = Workbench::new(&base.join("work"))?;
-    let v1 = wb.build("e2e", &Variant::version("1.0.0"))?;
-    let v2 = wb.build("e2e", &Variant::version("1.1.0").bundle_only())?;
+    // Three trial boots per update (`[health] boot_tries`, 1 by default): the trial part cuts two.
+    let v1 = wb.build(
+        "e2e",
+        &Variant {
+            boot_tries: 3,
+            ..Variant::version("1.0.0")
+        },
+    )?;
+    let v2 = wb.build(
+        "e2e",
+        &Variant {
+            boot_tries: 3,
+            ..Variant::version("1.1.0").bundle_only()
+        },
+    )?;
     let http = serve(&wb.out)?;
     let rounds = env_num("OTTER_POWER_CUTS", 2);
     let window = env_num("OTTER_POWER_CUT_WINDOW", 150);
