@@ -18,7 +18,8 @@
 //! the "second update succeeds" check.
 //!
 //! `OTTER_POWER_CUTS` rounds (default 1, CI's bounded sample, beside the two trial-boot cuts),
-//! `OTTER_POWER_CUT_SEED` to repeat a run (printed at the start), `OTTER_POWER_CUT_WINDOW` seconds of delay range (default 150).
+//! `OTTER_POWER_CUT_SEED` to repeat a run (printed at the start), `OTTER_POWER_CUT_WINDOW`
+//! seconds of delay range (default 150).
 //! `scripts/power-cuts N` runs a long campaign; figures in docs/proof.md.
 
 use anyhow::{Context, Result, bail, ensure};
