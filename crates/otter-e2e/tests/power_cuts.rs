@@ -58,15 +58,38 @@ impl Rng {
 
 const CANARY: &str = "/var/lib/otter-canary.bin";
 
+/// `dev.sh(cmd)`, tried again when SSH itself fails (a TCG guest on a loaded host sometimes does
+/// not answer the SSH banner in time); every command given here may run twice.
+fn sh(dev: &Device, cmd: &str) -> Result<String> {
+    let mut last = None;
+    for _ in 0..5 {
+        match dev.sh(cmd) {
+            Ok(out) => return Ok(out),
+            Err(e) => last = Some(e),
+        }
+        std::thread::sleep(Duration::from_secs(5));
+    }
+    Err(last.unwrap_or_else(|| anyhow::anyhow!("{cmd}: no attempt")))
+}
+
+/// `otterd status --json`, through [`sh`].
+fn status(dev: &Device) -> Result<Value> {
+    let text = sh(dev, "otterd status --json")?;
+    serde_json::from_str(&text).with_context(|| format!("parsing otterd status:\n{text}"))
+}
+
 fn write_canary(dev: &Device) -> Result<String> {
-    let out = dev.sh(&format!(
-        "head -c 4194304 /dev/urandom > {CANARY} && sync {CANARY} && sync && sha256sum {CANARY}"
-    ))?;
+    let out = sh(
+        dev,
+        &format!(
+            "head -c 4194304 /dev/urandom > {CANARY} && sync {CANARY} && sync && sha256sum {CANARY}"
+        ),
+    )?;
     Ok(out.split_whitespace().next().unwrap_or("").to_string())
 }
 
 fn check_canary(dev: &Device, want: &str) -> Result<()> {
-    let out = dev.sh(&format!("sha256sum {CANARY} || echo missing"))?;
+    let out = sh(dev, &format!("sha256sum {CANARY} || echo missing"))?;
     let got = out.split_whitespace().next().unwrap_or("");
     ensure!(
         got == want,
@@ -128,7 +151,7 @@ fn scenario() -> Result<()> {
     dev.power_on()?;
     let mut table = Vec::new();
     for i in 0..rounds {
-        let s = dev.status()?;
+        let s = status(&dev)?;
         let from = s["version"].as_str().unwrap_or("").to_string();
         let target: &Release = if from == "1.0.0" { &v2 } else { &v1 };
         let to = if from == "1.0.0" { "1.1.0" } else { "1.0.0" };
@@ -160,7 +183,7 @@ fn scenario() -> Result<()> {
     }
 
     // Cuts during trial boots: two in a row, then the update commits on its last try.
-    let s = dev.status()?;
+    let s = status(&dev)?;
     let from = s["version"].as_str().unwrap_or("").to_string();
     let (target, to) = if from == "1.0.0" {
         (&v2, "1.1.0")
@@ -169,11 +192,14 @@ fn scenario() -> Result<()> {
     };
     eprintln!("== two cuts during trial boots of {from} -> {to}");
     let canary = write_canary(&dev)?;
-    dev.sh(&format!(
-        "otterd install {} --allow-downgrade",
-        guest_url(&http, &target.bundle)
-    ))?;
-    let s = dev.status()?;
+    sh(
+        &dev,
+        &format!(
+            "otterd install {} --allow-downgrade",
+            guest_url(&http, &target.bundle)
+        ),
+    )?;
+    let s = status(&dev)?;
     ensure!(phase(&s) == "installed", "after install: {s:#}");
     // The install has set the boot state for a trial: pull the plug rather than reboot.
     dev.power_cut();
