@@ -174,44 +174,41 @@ pub fn copy_sparse(src: &Path, dst: &mut File, offset: u64, max: u64) -> Result<
 /// partition type of `otter-root-a` (Discoverable Partitions Specification), or `None` when the
 /// type is neither.
 pub fn root_arch(image: &Path) -> Result<Option<&'static str>> {
-    let disk = gpt::GptConfig::new()
+    let disk = open_gpt(image)?;
+    let Some(root) = disk
+        .partitions()
+        .values()
+        .find(|p| p.is_used() && p.name == "otter-root-a")
+    else {
+        return Ok(None);
+    };
+    let guid = root.part_type_guid.guid.to_string();
+    // The types `otter build` writes (otter-config's `Arch::root_partition_type`).
+    let arch = otter_config::board::Arch::ALL
+        .into_iter()
+        .find(|a| a.root_partition_type().eq_ignore_ascii_case(&guid));
+    Ok(arch.map(|a| match a {
+        otter_config::board::Arch::Amd64 => "x86_64",
+        otter_config::board::Arch::Arm64 => "arm64",
+    }))
+}
+
+/// The image's GPT, read only.
+fn open_gpt(image: &Path) -> Result<gpt::GptDisk<std::fs::File>> {
+    gpt::GptConfig::new()
         .writable(false)
         .logical_block_size(gpt::disk::LogicalBlockSize::Lb512)
         .open(image)
         .map_err(|e| ImageError::Gpt {
             path: image.to_path_buf(),
             message: format!("not a GPT disk image: {e}"),
-        })?;
-    let root = disk
-        .partitions()
-        .values()
-        .find(|p| p.is_used() && p.name == "otter-root-a");
-    Ok(root.and_then(|p| {
-        match p
-            .part_type_guid
-            .guid
-            .to_string()
-            .to_ascii_uppercase()
-            .as_str()
-        {
-            "4F68BCE3-E8CD-4DB1-96E7-FBCAF984B709" => Some("x86_64"),
-            "B921B045-1DF0-41C3-AF44-4C6F280D3FAE" => Some("arm64"),
-            _ => None,
-        }
-    }))
+        })
 }
 
 /// Read back the partition table of an image: (number, label, offset, size), to find
 /// partitions by label (never by number).
 pub fn read_partitions(image: &Path) -> Result<Vec<Placed>> {
-    let disk = gpt::GptConfig::new()
-        .writable(false)
-        .logical_block_size(gpt::disk::LogicalBlockSize::Lb512)
-        .open(image)
-        .map_err(|e| ImageError::Gpt {
-            path: image.to_path_buf(),
-            message: format!("not a GPT disk image: {e}"),
-        })?;
+    let disk = open_gpt(image)?;
     Ok(disk
         .partitions()
         .iter()
