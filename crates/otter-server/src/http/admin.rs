@@ -80,47 +80,30 @@ async fn show_device(
     Ok(Json(DeviceDetail { device, history }))
 }
 
-async fn accept(
-    State(st): State<AppState>,
-    admin: Admin,
-    Path(id): Path<String>,
-) -> ApiResult<Json<Device>> {
+async fn accept(st: State<AppState>, admin: Admin, id: Path<String>) -> ApiResult<Json<Device>> {
     use DeviceStatus::*;
-    devices::set_status(
-        &st,
-        &admin.actor(),
-        &id,
-        &[Pending, Rejected, Revoked],
-        Accepted,
-    )
-    .await?;
-    Ok(Json(load_device(&st, &id).await?))
+    change_status(st, admin, id, &[Pending, Rejected, Revoked], Accepted).await
 }
 
-async fn reject(
-    State(st): State<AppState>,
-    admin: Admin,
-    Path(id): Path<String>,
-) -> ApiResult<Json<Device>> {
+async fn reject(st: State<AppState>, admin: Admin, id: Path<String>) -> ApiResult<Json<Device>> {
     use DeviceStatus::*;
-    devices::set_status(
-        &st,
-        &admin.actor(),
-        &id,
-        &[Pending, Accepted, Revoked],
-        Rejected,
-    )
-    .await?;
-    Ok(Json(load_device(&st, &id).await?))
+    change_status(st, admin, id, &[Pending, Accepted, Revoked], Rejected).await
 }
 
-async fn revoke(
+async fn revoke(st: State<AppState>, admin: Admin, id: Path<String>) -> ApiResult<Json<Device>> {
+    use DeviceStatus::*;
+    change_status(st, admin, id, &[Accepted], Revoked).await
+}
+
+/// An admin's status change of a device (allowed only from `from`), answered with the device.
+async fn change_status(
     State(st): State<AppState>,
     admin: Admin,
     Path(id): Path<String>,
+    from: &[DeviceStatus],
+    to: DeviceStatus,
 ) -> ApiResult<Json<Device>> {
-    use DeviceStatus::*;
-    devices::set_status(&st, &admin.actor(), &id, &[Accepted], Revoked).await?;
+    devices::set_status(&st, &admin.actor(), &id, from, to).await?;
     Ok(Json(load_device(&st, &id).await?))
 }
 
